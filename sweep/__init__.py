@@ -1,0 +1,1 @@
+"""freeze-sweep: compare ways of freezing layers while fine-tuning a pretrained network."""

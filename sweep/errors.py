@@ -1,0 +1,20 @@
+"""The one error type a user's mistake turns into.
+
+The command line catches `ConfigError` and prints its message as one line with
+exit code 2; everything else is a bug and keeps its traceback.
+"""
+
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """A configuration or input the user can fix; the message says how."""
+
+
+def choice_error(what: str, value: object, choices: Iterable[str]) -> ConfigError:
+    """An error naming the bad value and listing the valid ones."""
+    return ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(sorted(choices))}")
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss went NaN or infinite: the trial failed, the sweep goes on."""

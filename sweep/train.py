@@ -1,0 +1,92 @@
+"""The training loop: one optimizer step at a time, the way a hand-written loop does it."""
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from sweep.errors import TrialDiverged
+from sweep.measure import StepTimer
+from sweep.strategies import Mechanism
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    val_accuracy: float
+
+
+EpochCallback = Callable[[EpochMetrics], bool | None]
+"""Called after every epoch; returning True stops training (Optuna pruning, early stopping)."""
+
+
+class Trainer:
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, mechanism: Mechanism,
+                 timer: StepTimer, device: torch.device, scheduler: LRScheduler | None = None,
+                 grad_clip_norm: float | None = None, eval_mode_modules: Sequence[nn.Module] = ()) -> None:
+        self.net = net
+        self.optimizer = optimizer
+        self.mechanism = mechanism
+        self.timer = timer
+        self.device = device
+        self.scheduler = scheduler
+        self.grad_clip_norm = grad_clip_norm
+        self.eval_mode_modules = eval_mode_modules
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.timer.start()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.net(inputs), targets)
+        loss.backward()
+        if self.grad_clip_norm:
+            # Over every parameter, as users write it: frozen gradients count too where they exist.
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip_norm)
+        self.optimizer.step()
+        self.mechanism.after_step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.timer.stop()
+        return loss.detach()
+
+    def train_epoch(self, batches: Iterable[Batch]) -> float:
+        self.net.train()
+        for module in self.eval_mode_modules:  # norm policy `eval`: frozen norm layers keep their statistics
+            module.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        samples = 0
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            loss_sum += self.step(inputs, targets) * len(targets)
+            samples += len(targets)
+        mean_loss = loss_sum.item() / samples
+        if not math.isfinite(mean_loss):
+            raise TrialDiverged(f"training loss became {mean_loss}; the learning rate is probably too high")
+        return mean_loss
+
+    @torch.no_grad()
+    def accuracy(self, batches: Iterable[Batch]) -> float:
+        self.net.eval()
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        total = 0
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            correct += (self.net(inputs).argmax(dim=1) == targets).sum()
+            total += len(targets)
+        return correct.item() / total
+
+    def fit(self, train_batches: Iterable[Batch], val_batches: Iterable[Batch], epochs: int,
+            on_epoch: EpochCallback | None = None) -> list[EpochMetrics]:
+        history = []
+        for epoch in range(1, epochs + 1):
+            metrics = EpochMetrics(epoch, self.train_epoch(train_batches), self.accuracy(val_batches))
+            history.append(metrics)
+            if on_epoch is not None and on_epoch(metrics):
+                break
+        return history
