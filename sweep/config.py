@@ -1,0 +1,147 @@
+"""From the composed Hydra config (as a plain dict) to the engine's objects.
+
+Every check that can fail on a user's config runs here, before any study,
+run or file is created, so a mistake ends cleanly with one line.
+"""
+
+import copy
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sweep.data import Task, make_task
+from sweep.errors import ConfigError
+from sweep.models import ModelDef, make_model_def
+from sweep.optim import OptimizerSpec
+from sweep.selection import Selection
+from sweep.trial import TrialSpec
+
+Config = dict[str, Any]
+
+
+def split_name(section: Config, what: str) -> tuple[str, dict]:
+    """A config group entry is a `name` plus the builder's options."""
+    if not isinstance(section, dict) or "name" not in section:
+        raise ConfigError(f"{what} needs a `name`; pick a config, e.g. {what}=<choice>")
+    options = dict(section)
+    return options.pop("name"), options
+
+
+def get_path(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(dotted)
+        node = node[key]
+    return node
+
+
+def has_path(cfg: Config, dotted: str) -> bool:
+    try:
+        get_path(cfg, dotted)
+    except KeyError:
+        return False
+    return True
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of `cfg` with dotted keys set to `values` (the sampled hyperparameters)."""
+    result = copy.deepcopy(cfg)
+    for dotted, value in values.items():
+        *parents, last = dotted.split(".")
+        node = result
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return result
+
+
+def flatten(cfg: Config, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys -> leaf values: how a trial's config is logged as MLflow params."""
+    flat = {}
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _int_or_none(value: Any, what: str) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{what}={value!r} must be a whole number")
+
+
+def selection(freeze: Config) -> Selection:
+    names = freeze.get("names") or []
+    indices = freeze.get("indices") or []
+    if isinstance(names, str):
+        names = [names]
+    if isinstance(indices, int):
+        indices = [indices]
+    return Selection(depth=_int_or_none(freeze.get("depth"), "freeze.depth"),
+                     names=tuple(str(n) for n in names),
+                     indices=tuple(_int_or_none(i, "freeze.indices") for i in indices),
+                     regex=freeze.get("regex") or None)
+
+
+def optimizer_spec(section: Config) -> OptimizerSpec:
+    known = {f.name for f in fields(OptimizerSpec)}
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"optimizer has unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    options = dict(section)
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return OptimizerSpec(**options)
+
+
+def trial_spec(cfg: Config, strategy: str, seed: int) -> TrialSpec:
+    lr_split, lr_split_options = split_name(cfg["lr_split"], "lr_split")
+    schedule, schedule_options = split_name(cfg["schedule"], "schedule")
+    train = cfg["train"]
+    epochs = _int_or_none(train["epochs"], "train.epochs")
+    batch_size = _int_or_none(train["batch_size"], "train.batch_size")
+    if not epochs or epochs < 1 or not batch_size or batch_size < 1:
+        raise ConfigError(f"train.epochs={epochs} and train.batch_size={batch_size} must both be >= 1")
+    return TrialSpec(
+        strategy=strategy,
+        selection=selection(cfg["freeze"]),
+        norm_policy=cfg["freeze"].get("norm_policy", "train"),
+        lr_split=lr_split,
+        lr_split_options=lr_split_options,
+        optimizer=optimizer_spec(cfg["optimizer"]),
+        schedule=schedule,
+        schedule_options=schedule_options,
+        epochs=epochs,
+        batch_size=batch_size,
+        grad_clip_norm=train.get("grad_clip_norm"),
+        seed=seed,
+        device=cfg["device"],
+    )
+
+
+@dataclass
+class Workspace:
+    """Where a sweep reads and writes: absolute paths, anchored at the user's working directory."""
+
+    base_dir: Path
+    results_dir: Path
+
+    @classmethod
+    def from_config(cls, cfg: Config, base_dir: Path) -> "Workspace":
+        results = Path(cfg["results_dir"]).expanduser()
+        return cls(base_dir, results if results.is_absolute() else (base_dir / results).resolve())
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.results_dir / "cache"
+
+
+def model_and_task(cfg: Config, workspace: Workspace) -> tuple[ModelDef, Task]:
+    model_name, model_options = split_name(cfg["model"], "model")
+    data_name, data_options = split_name(cfg["data"], "data")
+    model_def = make_model_def(model_name, workspace.cache_dir, workspace.base_dir, **model_options)
+    return model_def, make_task(data_name, model_def.input_spec, workspace.base_dir, **data_options)

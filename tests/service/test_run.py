@@ -1,0 +1,93 @@
+"""`python -m sweep.run` end to end, through the real command in a subprocess."""
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from conftest import TINY_BUDGET, sweep_command
+from sweep.strategies import MECHANISMS
+
+FREEZING = [name for name in MECHANISMS.names() if MECHANISMS.get(name).freezes]
+TRIAL_TAGS = {"strategy", "lr_split", "device", "sweep.role", "optuna.study_name", "optuna.trial_number", "sweep.state"}
+FINAL_METRICS = {"val_accuracy", "train_loss", "test_accuracy", "train_time_s", "wall_time_s", "step_time_ms",
+                 "samples_per_s", "flops_per_step", "peak_memory_bytes", "trainable_params", "frozen_params"}
+DRIFT_METRICS = {"frozen_weight_drift", "frozen_buffer_drift"}
+
+
+def load_studies(journal) -> dict[str, optuna.Study]:
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_every_strategy_gets_a_full_study_and_tracked_runs(tiny_sweep):
+    studies = load_studies(tiny_sweep.journal)
+    assert set(studies) == {f"tiny.{s}.head_backbone" for s in MECHANISMS.names()}
+    client = MlflowClient(tiny_sweep.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    for name, study in studies.items():
+        strategy = name.split(".")[1]
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+        parents = client.search_runs([experiment.experiment_id],
+                                     f"tags.`sweep.role` = 'study' and tags.`optuna.study_name` = '{name}'")
+        assert len(parents) == 1
+        children = client.search_runs([experiment.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+        assert len(children) == 2
+        for run in children:
+            assert TRIAL_TAGS <= run.data.tags.keys()
+            assert run.data.tags["sweep.role"] == "trial" and run.data.tags["strategy"] == strategy
+            expected = FINAL_METRICS | (DRIFT_METRICS if strategy != "full_finetune" else set())
+            assert expected <= run.data.metrics.keys()
+            assert run.data.params["optimizer.name"] == "sgd"
+            history = client.get_metric_history(run.info.run_id, "val_accuracy")
+            assert [m.step for m in history] == [1, 2]
+            trial = study.trials[int(run.data.tags["optuna.trial_number"])]
+            assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+            assert trial.values[0] == run.data.metrics["val_accuracy"]
+
+
+def test_paired_trials_of_freezing_mechanisms_agree_exactly(tiny_sweep):
+    studies = load_studies(tiny_sweep.journal)
+    for number in range(2):
+        paired = [studies[f"tiny.{s}.head_backbone"].trials[number] for s in FREEZING]
+        assert len({tuple(sorted(t.params.items())) for t in paired}) == 1, "paired trials must share hyperparameters"
+        assert len({t.user_attrs["test_accuracy"] for t in paired}) == 1
+        assert all(t.user_attrs["frozen_weight_drift"] == 0.0 for t in paired)
+
+
+def test_running_again_adds_no_trials(tiny_sweep):
+    before = {name: len(s.trials) for name, s in load_studies(tiny_sweep.journal).items()}
+    again = sweep_command("sweep.run", *TINY_BUDGET, f"results_dir={tiny_sweep.results_dir}")
+    assert again.returncode == 0, again.stderr
+    assert {name: len(s.trials) for name, s in load_studies(tiny_sweep.journal).items()} == before
+    client = MlflowClient(tiny_sweep.tracking_uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert len(client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'study'")) == len(before)
+
+
+def test_summary_table_and_next_steps_are_printed(tiny_sweep):
+    out = tiny_sweep.first.stdout
+    for strategy in MECHANISMS.names():
+        assert f"| {strategy}" in out
+    assert "mlflow ui --backend-store-uri" in out
+    assert "python -m sweep.report" in out
+
+
+def test_a_diverging_trial_is_failed_in_optuna_and_mlflow_and_the_sweep_completes(tmp_path, cache_dir):
+    (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
+    done = sweep_command("sweep.run", "+strategy=zero_lr", "optimizer.lr=1e6", "search.n_trials=2",
+                         "train.epochs=1", "experiment=nan", f"results_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "trial 0 failed: TrialDiverged" in done.stderr
+    study = load_studies(tmp_path / "optuna.journal")["nan.zero_lr.head_backbone"]
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("nan")
+    runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
+    assert {r.data.tags["sweep.state"] for r in runs} == {"failed"}
