@@ -18,3 +18,8 @@ def choice_error(what: str, value: object, choices: Iterable[str]) -> ConfigErro
 
 class TrialDiverged(RuntimeError):
     """The training loss went NaN or infinite: the trial failed, the sweep goes on."""
+
+
+def one_line(err: BaseException) -> str:
+    """A library's error message folded onto one line, to quote inside a `ConfigError`."""
+    return " ".join(str(err).split()) or type(err).__name__

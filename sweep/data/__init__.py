@@ -43,3 +43,4 @@ def make_task(name: str, input_spec: InputSpec, base_dir: Path, **options) -> Ta
 
 
 from sweep.data import digits  # noqa: E402,F401  (registers the embedded task)
+from sweep.data import torchvision_sets  # noqa: E402,F401  (registers the torchvision data sets)

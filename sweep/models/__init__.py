@@ -33,3 +33,4 @@ def make_model_def(name: str, cache_dir: Path, base_dir: Path, **options) -> Mod
 
 
 from sweep.models import digits_cnn  # noqa: E402,F401  (registers the embedded model)
+from sweep.models import torchvision_nets  # noqa: E402,F401  (registers the torchvision models)

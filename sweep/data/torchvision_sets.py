@@ -1,0 +1,122 @@
+"""torchvision data sets as Tasks: CIFAR-10/100, MNIST and FashionMNIST from their official files, and ImageFolder.
+
+Images are converted to what the model expects (its `InputSpec`): channels,
+size and normalisation. There is no augmentation: every mechanism sees the same
+pixels, so differences between trials come from the freezing alone. Splits are
+seeded and stratified; where a data set has an official test split it is the
+test set and the validation set is carved from the training split.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Subset
+from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder, VisionDataset
+from torchvision.transforms import v2
+
+from sweep.data import DATASETS, InputSpec, Task
+from sweep.errors import ConfigError, choice_error, one_line
+from sweep.lr_split import check_fraction
+
+CHANNEL_CONVERSIONS = {1: partial(v2.Grayscale, num_output_channels=1), 3: v2.RGB}
+"""What makes any image have the model's channel count (RGB() also turns grayscale into RGB)."""
+
+
+def model_transform(spec: InputSpec) -> v2.Compose:
+    """PIL image -> normalised float tensor of the model's channels and size.
+
+    The shorter side is resized to the model's size, then the centre is cropped square.
+    """
+    if spec.channels not in CHANNEL_CONVERSIONS:
+        raise choice_error("input channel count", spec.channels, map(str, CHANNEL_CONVERSIONS))
+    return v2.Compose([
+        v2.ToImage(),
+        CHANNEL_CONVERSIONS[spec.channels](),
+        v2.Resize(spec.size, antialias=True),
+        v2.CenterCrop(spec.size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(spec.mean), list(spec.std)),
+    ])
+
+
+def split_off(indices: np.ndarray, targets: np.ndarray, fraction: float, seed: int,
+              what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, part): a seeded, class-stratified `fraction` of `indices` split off."""
+    try:
+        return train_test_split(indices, test_size=fraction, random_state=seed, stratify=targets[indices])
+    except ValueError as err:
+        raise ConfigError(f"{what}={fraction} cannot split {len(indices)} images stratified by class: "
+                          f"{one_line(err)}") from None
+
+
+def _root(base_dir: Path, root: str) -> Path:
+    return (base_dir / Path(root).expanduser()).resolve()
+
+
+@dataclass(frozen=True)
+class OfficialSet:
+    """A torchvision data set with official train and test splits: `cls(root, train, transform, download)`."""
+
+    title: str
+    cls: type[VisionDataset]
+
+    def open(self, root: Path, train: bool, transform: v2.Compose, download: bool) -> VisionDataset:
+        try:
+            return self.cls(str(root), train=train, transform=transform, download=download)
+        except (OSError, RuntimeError) as err:  # torchvision: RuntimeError "not found"; urllib: URLError (an OSError)
+            if download:
+                raise ConfigError(f"could not download {self.title} to {root} (no network?): {one_line(err)}; "
+                                  "put the data set there yourself or pass data.download=false") from None
+            raise ConfigError(f"no {self.title} data under {root}; put the data set there or pass "
+                              "data.download=true on a machine with network") from None
+
+
+def official_task(source: OfficialSet, name: str, input_spec: InputSpec, base_dir: Path, root: str = "data",
+                  download: bool = False, split_seed: int = 0, val_fraction: float = 0.1) -> Task:
+    """Official test split as test; validation carved from the training split."""
+    check_fraction(val_fraction, "data.val_fraction")
+    root_dir = _root(base_dir, root)
+    transform = model_transform(input_spec)
+    train = source.open(root_dir, True, transform, download)
+    test = source.open(root_dir, False, transform, download)
+    targets = np.asarray(train.targets)
+    rest, val = split_off(np.arange(len(targets)), targets, val_fraction, split_seed, "data.val_fraction")
+    return Task(name, Subset(train, rest.tolist()), Subset(train, val.tolist()), test, num_classes=len(train.classes))
+
+
+OFFICIAL_SETS = {
+    "cifar10": OfficialSet("CIFAR-10", CIFAR10),
+    "cifar100": OfficialSet("CIFAR-100", CIFAR100),
+    "mnist": OfficialSet("MNIST", MNIST),
+    "fashionmnist": OfficialSet("FashionMNIST", FashionMNIST),
+}
+for _name, _source in OFFICIAL_SETS.items():
+    DATASETS.register(_name)(partial(official_task, _source, _name))
+
+
+@DATASETS.register("imagefolder")
+def imagefolder_task(input_spec: InputSpec, base_dir: Path, root: str | None = None, split_seed: int = 0,
+                     val_fraction: float = 0.1, test_fraction: float = 0.1) -> Task:
+    """A user's own images, `root/<class>/<image>`; train, val and test are all carved from them."""
+    if root is None:
+        raise ConfigError("data=imagefolder needs data.root=PATH: a folder with one sub-folder of images per class")
+    check_fraction(val_fraction, "data.val_fraction")
+    check_fraction(test_fraction, "data.test_fraction")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} leaves no "
+                          "training images; it must be < 1")
+    root_dir = _root(base_dir, root)
+    try:
+        images = ImageFolder(str(root_dir), transform=model_transform(input_spec))
+    except FileNotFoundError as err:
+        raise ConfigError(f"no images under {root_dir} ({one_line(err)}); data.root needs one sub-folder of images "
+                          "per class, e.g. root/cat/1.png, root/dog/2.jpg") from None
+    targets = np.asarray(images.targets)
+    rest, test = split_off(np.arange(len(targets)), targets, test_fraction, split_seed, "data.test_fraction")
+    train, val = split_off(rest, targets, val_fraction / (1 - test_fraction), split_seed, "data.val_fraction")
+    subsets = (Subset(images, part.tolist()) for part in (train, val, test))
+    return Task("imagefolder", *subsets, num_classes=len(images.classes))
