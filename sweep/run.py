@@ -53,8 +53,9 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     check_reachable(tracking_uri)
     storage = shared_storage or journal_storage(workspace.results_dir)
     trial_config = {k: v for k, v in cfg.items() if k not in NOT_TRIAL_CONFIG}
-    study_plan = StudyPlan(cfg["experiment"], strategies, settings, storage, trial_config, cfg["seed"], model_def,
-                           task, Tracker(tracking_uri, cfg["experiment"], cfg["tracking"]["system_metrics"]),
+    experiment = str(cfg["experiment"])  # `experiment=nan` or `=2024` arrive as numbers from the command line
+    study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
+                           task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"]),
                            workspace)
     study_plan.check_studies()
     return study_plan

@@ -1,6 +1,7 @@
 """One strategy's Optuna study: its trials, their MLflow runs, progress, and the end-of-sweep summary."""
 
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +86,8 @@ class StrategyStudy:
             except Exception as err:
                 run.set_state("failed")
                 trial.set_user_attr("error", f"{type(err).__name__}: {err}")
-                self._bar.write(f"{self.strategy}: trial {trial.number} failed: {type(err).__name__}: {err}")
+                self._bar.write(f"{self.strategy}: trial {trial.number} failed: {type(err).__name__}: {err}",
+                                file=sys.stderr)
                 raise
             run.log_result(result)
             for key, value in result.final_metrics().items():

@@ -4,9 +4,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, one_line
+from sweep.lr_split import check_fraction
 from sweep.registry import Registry
 
 
@@ -27,6 +30,29 @@ class Task:
     val: Dataset
     test: Dataset
     num_classes: int
+
+
+def split_off(indices: np.ndarray, targets: np.ndarray, fraction: float, seed: int,
+              what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, part): a seeded, class-stratified `fraction` of `indices` split off."""
+    try:
+        return train_test_split(indices, test_size=fraction, random_state=seed, stratify=targets[indices])
+    except ValueError as err:
+        raise ConfigError(f"{what}={fraction} cannot split {len(indices)} images stratified by class: "
+                          f"{one_line(err)}") from None
+
+
+def three_way_split(targets: np.ndarray, val_fraction: float, test_fraction: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded, stratified train / val / test indices, for data sets without an official test split."""
+    check_fraction(val_fraction, "data.val_fraction")
+    check_fraction(test_fraction, "data.test_fraction")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} leaves no "
+                          "training images; it must be < 1")
+    rest, test = split_off(np.arange(len(targets)), targets, test_fraction, seed, "data.test_fraction")
+    train, val = split_off(rest, targets, val_fraction / (1 - test_fraction), seed, "data.val_fraction")
+    return train, val, test
 
 
 TaskBuilder = Callable[..., Task]

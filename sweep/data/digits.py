@@ -9,11 +9,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
-from sweep.data import DATASETS, InputSpec, Task
-from sweep.lr_split import check_fraction
+from sweep.data import DATASETS, InputSpec, Task, three_way_split
 
 SOURCE_CLASSES = range(0, 5)
 TARGET_CLASSES = range(5, 10)
@@ -44,13 +42,8 @@ def source_dataset(input_spec: InputSpec = NATIVE) -> TensorDataset:
 @DATASETS.register("digits")
 def digits_task(input_spec: InputSpec, base_dir: Path, split_seed: int = 0,
                 val_fraction: float = 0.2, test_fraction: float = 0.2) -> Task:
-    check_fraction(val_fraction, "data.val_fraction")
-    check_fraction(test_fraction, "data.test_fraction")
     images, labels = _half(TARGET_CLASSES, input_spec)
-    index = torch.arange(len(labels)).numpy()
-    rest, test = train_test_split(index, test_size=test_fraction, random_state=split_seed, stratify=labels)
-    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), random_state=split_seed,
-                                  stratify=labels[rest])
+    train, val, test = three_way_split(labels.numpy(), val_fraction, test_fraction, split_seed)
 
     def subset(idx) -> TensorDataset:
         idx = torch.as_tensor(idx)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Subset
 from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder, VisionDataset
 from torchvision.transforms import v2
 
-from sweep.data import DATASETS, InputSpec, Task
+from sweep.data import DATASETS, InputSpec, Task, split_off, three_way_split
 from sweep.errors import ConfigError, choice_error, one_line
 from sweep.lr_split import check_fraction
 
@@ -41,16 +40,6 @@ def model_transform(spec: InputSpec) -> v2.Compose:
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(spec.mean), list(spec.std)),
     ])
-
-
-def split_off(indices: np.ndarray, targets: np.ndarray, fraction: float, seed: int,
-              what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(rest, part): a seeded, class-stratified `fraction` of `indices` split off."""
-    try:
-        return train_test_split(indices, test_size=fraction, random_state=seed, stratify=targets[indices])
-    except ValueError as err:
-        raise ConfigError(f"{what}={fraction} cannot split {len(indices)} images stratified by class: "
-                          f"{one_line(err)}") from None
 
 
 def _root(base_dir: Path, root: str) -> Path:
@@ -104,19 +93,12 @@ def imagefolder_task(input_spec: InputSpec, base_dir: Path, root: str | None = N
     """A user's own images, `root/<class>/<image>`; train, val and test are all carved from them."""
     if root is None:
         raise ConfigError("data=imagefolder needs data.root=PATH: a folder with one sub-folder of images per class")
-    check_fraction(val_fraction, "data.val_fraction")
-    check_fraction(test_fraction, "data.test_fraction")
-    if val_fraction + test_fraction >= 1:
-        raise ConfigError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} leaves no "
-                          "training images; it must be < 1")
     root_dir = _root(base_dir, root)
     try:
         images = ImageFolder(str(root_dir), transform=model_transform(input_spec))
     except FileNotFoundError as err:
         raise ConfigError(f"no images under {root_dir} ({one_line(err)}); data.root needs one sub-folder of images "
                           "per class, e.g. root/cat/1.png, root/dog/2.jpg") from None
-    targets = np.asarray(images.targets)
-    rest, test = split_off(np.arange(len(targets)), targets, test_fraction, split_seed, "data.test_fraction")
-    train, val = split_off(rest, targets, val_fraction / (1 - test_fraction), split_seed, "data.val_fraction")
+    train, val, test = three_way_split(np.asarray(images.targets), val_fraction, test_fraction, split_seed)
     subsets = (Subset(images, part.tolist()) for part in (train, val, test))
     return Task("imagefolder", *subsets, num_classes=len(images.classes))
