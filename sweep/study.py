@@ -15,7 +15,8 @@ from tqdm import tqdm
 from sweep.config import Workspace, flatten, trial_spec, with_values
 from sweep.data import Task
 from sweep.models import ModelDef
-from sweep.search import SearchSettings, check_study, finished_trials, fingerprint_of, open_study, study_name
+from sweep.search import (FINAL_STATES, SearchSettings, check_study, finished_trials, fingerprint_of, open_study,
+                          study_name)
 from sweep.tracking import STUDY, TRIAL_NUMBER, Tracker, TrialRun
 from sweep.train import EpochMetrics
 from sweep.trial import resolve_device, run_trial
@@ -67,8 +68,10 @@ class StrategyStudy:
         tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split}
         with self.plan.tracker.study_run(self.name, tags), tqdm(total=remaining, desc=self.strategy, unit="trial",
                                                                  dynamic_ncols=True) as self._bar:
+            # Workers sharing the study stop once it holds n_trials, whoever ran them.
+            enough = optuna.study.MaxTrialsCallback(self.plan.settings.n_trials, states=FINAL_STATES)
             self.study.optimize(self._objective, n_trials=remaining, catch=(Exception,),
-                                callbacks=[lambda study, trial: self._bar.update()])
+                                callbacks=[lambda study, trial: self._bar.update(), enough])
 
     def _objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         settings = self.plan.settings
