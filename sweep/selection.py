@@ -44,11 +44,15 @@ class FrozenSet:
                 found[module_name] = module
         return found
 
+    def loose_params(self, net: BlockNet) -> list[str]:
+        """Frozen parameters outside the wholly frozen blocks: where a selection cuts a block in two."""
+        return [name for unit, name, _ in net.named_unit_parameters()
+                if name in self.param_names and unit not in self.blocks]
+
     def prefix_length(self, net: BlockNet) -> int | None:
         """k if exactly the first k blocks are frozen, else None."""
         k = len(self.blocks)
-        prefix_params = {name for unit, name, _ in net.named_unit_parameters() if unit in net.block_names[:k]}
-        return k if self.blocks == net.block_names[:k] and prefix_params == self.param_names else None
+        return k if self.blocks == net.block_names[:k] and not self.loose_params(net) else None
 
 
 def _block_for_index(net: BlockNet, index: int) -> str:

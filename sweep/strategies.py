@@ -118,7 +118,7 @@ class NoGradForward(Mechanism):
         prefix = frozen.prefix_length(net)
         if prefix is None:
             raise ConfigError(f"strategy 'no_grad_forward' needs the frozen blocks to be a prefix of the forward order "
-                              f"{net.block_names}, got {frozen.blocks or 'a partial block selection'}; "
+                              f"{net.block_names}, got {frozen.blocks + frozen.loose_params(net)}; "
                               "use freeze.depth=K, or another strategy")
         net.no_grad_prefix = prefix
 
