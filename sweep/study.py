@@ -1,5 +1,7 @@
 """One strategy's Optuna study: its trials, their MLflow runs, progress, and the end-of-sweep summary."""
 
+import os
+import socket
 import statistics
 import sys
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from sweep.train import EpochMetrics
 from sweep.trial import resolve_device, run_trial
 
 BASELINE = "full_finetune"
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process runs a trial: workers may share a study
 
 
 @dataclass
@@ -81,6 +84,7 @@ class StrategyStudy:
         tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split, "device": str(resolve_device(spec.device)),
                 "model.pretrained": str(self.plan.model_def.pretrained).lower(),
                 STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
+        trial.set_user_attr("worker", WORKER)
         with self.plan.tracker.trial_run(f"{self.strategy}-{trial.number}", tags, flatten(config)) as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)
             try:

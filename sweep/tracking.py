@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweep.errors import ConfigError
@@ -75,31 +76,43 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, system_metrics: bool = False) -> None:
         quiet_mlflow()
         mlflow.set_tracking_uri(uri)
-        if mlflow.get_experiment_by_name(experiment) is None:
-            try:
-                mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
-            except mlflow.exceptions.MlflowException:
-                pass  # another worker created it first; set_experiment below still fails on a real problem
-        self.experiment_id = mlflow.set_experiment(experiment).experiment_id
+        self.client = MlflowClient(uri)
+        self.experiment_id = self._experiment_id(experiment)
+        mlflow.set_experiment(experiment_id=self.experiment_id)
         self.system_metrics = system_metrics
         self.uri = uri
 
-    def _existing_study_run(self, study_name: str) -> str | None:
-        runs = MlflowClient(self.uri).search_runs(
+    def _experiment_id(self, name: str) -> str:
+        """Get or create; a worker that loses the race to create it uses the winner's."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.client.tracking_uri))
+        except MlflowException:
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def _study_run_id(self, study_name: str) -> str | None:
+        """The study's parent run: the earliest, should workers starting together have created several."""
+        runs = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'study' and tags.`{STUDY}` = '{study_name}'",
-            max_results=1)
+            order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1)
         return runs[0].info.run_id if runs else None
+
+    def _create_study_run(self, study_name: str, tags: dict[str, str]) -> str:
+        mine = self.client.create_run(self.experiment_id, run_name=study_name,
+                                      tags={ROLE: "study", STUDY: study_name, **tags}).info.run_id
+        winner = self._study_run_id(study_name)
+        if winner != mine:
+            self.client.delete_run(mine)
+        return winner
 
     @contextmanager
     def study_run(self, study_name: str, tags: dict[str, str]) -> Iterator[str]:
-        """The parent run of a study; running the sweep again continues the same parent."""
-        run_id = self._existing_study_run(study_name)
-        if run_id is None:
-            with mlflow.start_run(run_name=study_name, tags={ROLE: "study", STUDY: study_name, **tags}) as run:
-                yield run.info.run_id
-        else:
-            with mlflow.start_run(run_id=run_id) as run:
-                yield run.info.run_id
+        """The parent run of a study; running the sweep again, or another worker, continues the same parent."""
+        run_id = self._study_run_id(study_name) or self._create_study_run(study_name, tags)
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run.info.run_id
 
     @contextmanager
     def trial_run(self, name: str, tags: dict[str, str], params: dict[str, object]) -> Iterator[TrialRun]:

@@ -1,0 +1,82 @@
+"""Two workers share one Optuna study on PostgreSQL and one MLflow store, as on a cluster."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+
+PG_CTLS = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+
+
+def as_server_user(*command: str) -> list[str]:
+    """PostgreSQL refuses to run as root; Debian's package provides the `postgres` user."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway server on a Unix socket (no TCP port), with databases for Optuna and MLflow."""
+    if not PG_CTLS:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries missing; .ci/run installs Debian's postgresql package")
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
+    bin_dir = PG_CTLS[-1].parent
+    home = Path(tempfile.mkdtemp(prefix="sweep-pg-"))  # not under pytest's root-only tmp: the server user must enter
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+    data, socket_dir = home / "data", home
+    subprocess.run(as_server_user(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"),
+                   check=True, capture_output=True)
+    subprocess.run(as_server_user(str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "log"),
+                                  "-o", f"-k {socket_dir} -c listen_addresses=''", "start"),
+                   check=True, capture_output=True)
+    try:
+        for database in ("optuna", "mlflow"):
+            subprocess.run([str(bin_dir / "createdb"), "-h", str(socket_dir), "-U", "postgres", database],
+                           check=True, capture_output=True)
+        urls = {db: f"postgresql://postgres@/{db}?host={socket_dir}" for db in ("optuna", "mlflow")}
+        # Create both schemas once, as an operator would before starting workers.
+        optuna.storages.RDBStorage(urls["optuna"])
+        MlflowClient(urls["mlflow"]).search_experiments()
+        yield urls
+    finally:
+        subprocess.run(as_server_user(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"),
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def start_worker(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sweep.run", *args], cwd=REPO, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def test_two_workers_fill_one_study_without_overrunning_it(postgres, tmp_path, cache_dir):
+    (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
+    n_trials = 6
+    args = ["+strategy=requires_grad", f"search.n_trials={n_trials}", "train.epochs=3", "experiment=shared",
+            # Quoted: Hydra's override grammar would read the `=` of `?host=` as syntax.
+            f"search.storage='{postgres['optuna']}'", f"tracking.uri='{postgres['mlflow']}'", f"results_dir={tmp_path}"]
+    workers = [start_worker(args, tmp_path / f"worker{i}.log") for i in range(2)]  # started together, as on a cluster
+    for i, worker in enumerate(workers):
+        assert worker.wait(timeout=600) == 0, (tmp_path / f"worker{i}.log").read_text()
+
+    name = "shared.requires_grad.head_backbone"
+    trials = optuna.load_study(study_name=name, storage=postgres["optuna"]).trials
+    assert n_trials <= len(trials) <= n_trials + 1  # a worker may finish the trial it was running when the study filled
+    assert {t.state for t in trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert len({t.user_attrs["worker"] for t in trials}) == 2, "both workers should have run trials"
+    client = MlflowClient(postgres["mlflow"])
+    experiment = client.get_experiment_by_name("shared")
+    runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
+    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
+    parents = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'study'")
+    assert len(parents) == 1 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
