@@ -13,6 +13,7 @@ from sweep.data import Task, make_task
 from sweep.errors import ConfigError
 from sweep.models import ModelDef, make_model_def
 from sweep.optim import OptimizerSpec
+from sweep.phases import Phase, gradual_unfreezing
 from sweep.selection import Selection
 from sweep.trial import TrialSpec
 
@@ -87,6 +88,30 @@ def selection(freeze: Config) -> Selection:
                      regex=freeze.get("regex") or None)
 
 
+PHASE_KEYS = ("epochs", "freeze", "lr_scale")
+
+
+def phase_list(cfg: Config, first: Selection, epochs: int) -> tuple[Phase, ...]:
+    """`phases`: a list of {epochs, freeze, lr_scale}; or `gradual_unfreezing`: true or {epochs_per_block,
+    lr_scale}, ULMFiT-style from freeze.depth over train.epochs. Neither: no phases."""
+    listed, gradual = cfg.get("phases") or [], cfg.get("gradual_unfreezing")
+    if listed and gradual is not None:
+        raise ConfigError("give either phases or gradual_unfreezing, not both")
+    if gradual is not None:
+        try:
+            return gradual_unfreezing(first.depth, epochs, **({} if gradual is True else gradual))
+        except TypeError as err:
+            raise ConfigError(f"gradual_unfreezing: {err}; its keys are epochs_per_block and lr_scale") from None
+    phases = []
+    for index, phase in enumerate(listed):
+        if not isinstance(phase, dict) or "epochs" not in phase or set(phase) - set(PHASE_KEYS):
+            raise ConfigError(f"phases[{index}]={phase!r} must be a mapping with epochs and optionally "
+                              f"freeze and lr_scale; known keys: {', '.join(PHASE_KEYS)}")
+        phases.append(Phase(_int_or_none(phase["epochs"], f"phases[{index}].epochs"),
+                            selection(phase.get("freeze") or {}), phase.get("lr_scale", 1.0)))
+    return tuple(phases)
+
+
 def optimizer_spec(section: Config) -> OptimizerSpec:
     known = {f.name for f in fields(OptimizerSpec)}
     unknown = set(section) - known
@@ -106,9 +131,13 @@ def trial_spec(cfg: Config, strategy: str, seed: int) -> TrialSpec:
     batch_size = _int_or_none(train["batch_size"], "train.batch_size")
     if not epochs or epochs < 1 or not batch_size or batch_size < 1:
         raise ConfigError(f"train.epochs={epochs} and train.batch_size={batch_size} must both be >= 1")
+    frozen = selection(cfg["freeze"])
+    phases = phase_list(cfg, frozen, epochs)
+    if phases:  # they decide what is frozen when, and for how long in all
+        frozen, epochs = phases[0].freeze, sum(p.epochs for p in phases)
     return TrialSpec(
         strategy=strategy,
-        selection=selection(cfg["freeze"]),
+        selection=frozen,
         norm_policy=cfg["freeze"].get("norm_policy", "train"),
         lr_split=lr_split,
         lr_split_options=lr_split_options,
@@ -120,6 +149,7 @@ def trial_spec(cfg: Config, strategy: str, seed: int) -> TrialSpec:
         grad_clip_norm=train.get("grad_clip_norm"),
         seed=seed,
         device=cfg["device"],
+        phases=phases,
     )
 
 

@@ -3,7 +3,7 @@
 import copy
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +92,8 @@ class DriftProbe:
         self._live = tensors
         self._saved = {name: t.detach().clone() for name, t in tensors.items()}
 
-    def max_abs_change(self) -> float:
+    def max_abs_change(self, names: Collection[str] | None = None) -> float:
+        """Over `names` only when given: a later phase still freezes a subset of what was snapshotted."""
         changes = [(self._live[n].detach().double() - saved.double()).abs().max().item()
-                   for n, saved in self._saved.items() if saved.numel()]
+                   for n, saved in self._saved.items() if saved.numel() and (names is None or n in names)]
         return max(changes, default=0.0)

@@ -30,12 +30,47 @@ class Mechanism(ABC):
                               f"set freeze.depth, freeze.names, freeze.indices or freeze.regex "
                               f"(blocks: {', '.join(net.block_names)})")
         self.net = net
+        self._set_frozen(frozen)
+
+    def _set_frozen(self, frozen: FrozenSet) -> None:
         self.frozen = frozen
-        self._frozen_params = [p for n, p in net.named_parameters() if n in frozen.param_names]
+        self._frozen_params = {n: p for n, p in self.net.named_parameters() if n in frozen.param_names}
 
     def optimizer_groups(self, groups: list[GroupSpec]) -> list[dict]:
         """The groups handed to the optimizer; by default frozen parameters are left out."""
         return [g.as_torch() for g in groups if not g.frozen]
+
+    def check_can_freeze(self, frozen: FrozenSet) -> None:
+        """Raise `ConfigError` if this mechanism cannot freeze `frozen` (a later phase's selection)."""
+
+    def unfreeze(self, still_frozen: FrozenSet, groups: list[GroupSpec], optimizer: torch.optim.Optimizer) -> None:
+        """From now on train what is frozen now but not in `still_frozen`: `groups`, at their configured rates.
+
+        By default they join the running optimizer as new param groups, as users write it.
+        """
+        for group in groups:
+            optimizer.add_param_group(group.as_torch())
+        self._set_frozen(still_frozen)
+
+    def _unfreeze_in_place(self, still_frozen: FrozenSet, groups: list[GroupSpec],
+                           optimizer: torch.optim.Optimizer) -> None:
+        """For params already in the optimizer: their groups take the configured lr of `groups`.
+
+        `initial_lr` moves too, since that is the lr a scheduler scales. An
+        optimizer group has one lr, so it can only be unfrozen whole.
+        """
+        rate_of = {id(p): spec.lr for spec in groups for p in spec.params}
+        for group in optimizer.param_groups:
+            rates = {rate_of.get(id(p)) for p in group["params"]}
+            if rates == {None}:
+                continue
+            if len(rates) > 1:
+                raise ConfigError(f"strategy {self.name!r} unfreezes by changing the lr of whole param groups, but a "
+                                  f"phase unfreezes only part of group {group.get('name')!r}; unfreeze whole blocks "
+                                  "(freeze.depth, freeze.names or freeze.indices)")
+            group["lr"] = group["initial_lr"] = rates.pop()
+            group["frozen"] = False
+        self._set_frozen(still_frozen)
 
     def after_step(self) -> None:
         """Called right after every `optimizer.step()`."""
@@ -60,8 +95,15 @@ class RequiresGrad(Mechanism):
 
     def __init__(self, net, frozen):
         super().__init__(net, frozen)
-        for param in self._frozen_params:
+        for param in self._frozen_params.values():
             param.requires_grad_(False)
+
+    def unfreeze(self, still_frozen, groups, optimizer):
+        """`requires_grad` back on, then the params join the optimizer."""
+        for group in groups:
+            for param in group.params:
+                param.requires_grad_(True)
+        super().unfreeze(still_frozen, groups, optimizer)
 
 
 @register
@@ -84,6 +126,10 @@ class ZeroLr(Mechanism):
     def optimizer_groups(self, groups):
         return [g.as_torch(lr=0.0 if g.frozen else None) for g in groups]
 
+    def unfreeze(self, still_frozen, groups, optimizer):
+        """The params already sit in the optimizer: unfreezing gives their zero-lr groups the configured lr."""
+        self._unfreeze_in_place(still_frozen, groups, optimizer)
+
 
 @register
 class WeightRestore(Mechanism):
@@ -93,18 +139,23 @@ class WeightRestore(Mechanism):
 
     def __init__(self, net, frozen):
         super().__init__(net, frozen)
-        self._saved = [p.detach().clone() for p in self._frozen_params]
+        self._saved = {n: p.detach().clone() for n, p in self._frozen_params.items()}
 
     def optimizer_groups(self, groups):
         return [g.as_torch() for g in groups]
 
     @torch.no_grad()
     def after_step(self):
-        for param, saved in zip(self._frozen_params, self._saved):
-            param.copy_(saved)
+        for name, param in self._frozen_params.items():
+            param.copy_(self._saved[name])
 
     def held_bytes(self):
-        return sum(t.numel() * t.element_size() for t in self._saved)
+        return sum(t.numel() * t.element_size() for t in self._saved.values())
+
+    def unfreeze(self, still_frozen, groups, optimizer):
+        """The params already train in the optimizer: stop restoring them, and give their groups the configured lr."""
+        self._unfreeze_in_place(still_frozen, groups, optimizer)
+        self._saved = {n: self._saved[n] for n in self._frozen_params}
 
 
 @register
@@ -115,12 +166,23 @@ class NoGradForward(Mechanism):
 
     def __init__(self, net, frozen):
         super().__init__(net, frozen)
-        prefix = frozen.prefix_length(net)
+        net.no_grad_prefix = self._prefix(frozen)
+
+    def _prefix(self, frozen: FrozenSet) -> int:
+        prefix = frozen.prefix_length(self.net)
         if prefix is None:
             raise ConfigError(f"strategy 'no_grad_forward' needs the frozen blocks to be a prefix of the forward order "
-                              f"{net.block_names}, got {frozen.blocks + frozen.loose_params(net)}; "
+                              f"{self.net.block_names}, got {frozen.blocks + frozen.loose_params(self.net)}; "
                               "use freeze.depth=K, or another strategy")
-        net.no_grad_prefix = prefix
+        return prefix
+
+    def check_can_freeze(self, frozen):
+        self._prefix(frozen)
+
+    def unfreeze(self, still_frozen, groups, optimizer):
+        """The no-grad prefix shrinks to what stays frozen; the rest joins the optimizer."""
+        self.net.no_grad_prefix = self._prefix(still_frozen)
+        super().unfreeze(still_frozen, groups, optimizer)
 
 
 @register

@@ -81,10 +81,14 @@ class Trainer:
             total += len(targets)
         return correct.item() / total
 
-    def fit(self, train_batches: Iterable[Batch], val_batches: Iterable[Batch], epochs: int,
-            on_epoch: EpochCallback | None = None) -> list[EpochMetrics]:
+    def fit(self, train_batches: Iterable[Batch], val_batches: Iterable[Batch], epochs: Iterable[int],
+            on_epoch: EpochCallback | None = None,
+            on_epoch_start: Callable[[int], None] | None = None) -> list[EpochMetrics]:
+        """Train and validate each epoch of `epochs` (numbered from 1; a resumed trial starts mid-way)."""
         history = []
-        for epoch in range(1, epochs + 1):
+        for epoch in epochs:
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
             metrics = EpochMetrics(epoch, self.train_epoch(train_batches), self.accuracy(val_batches))
             history.append(metrics)
             if on_epoch is not None and on_epoch(metrics):

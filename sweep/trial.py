@@ -1,26 +1,34 @@
-"""One trial: build the model, freeze it by the chosen mechanism, train, and measure everything."""
+"""One trial: build the model, freeze it by the chosen mechanism, train phase by phase, and measure everything."""
 
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from sweep.blocknet import BlockNet
+from sweep.checkpoint import Checkpoint, Progress
 from sweep.data import Task
-from sweep.errors import choice_error
+from sweep.errors import ConfigError, choice_error
 from sweep.lr_split import make_lr_split, param_groups
-from sweep.measure import DriftProbe, Timing, flops_per_step, held_bytes, make_timer
+from sweep.measure import Timing, flops_per_step, held_bytes, make_timer
 from sweep.models import ModelDef
 from sweep.optim import OptimizerSpec, make_optimizer
-from sweep.schedules import make_schedule
-from sweep.selection import FrozenSet, Selection, resolve
-from sweep.strategies import MECHANISMS
+from sweep.phases import GroupsFor, Phase, PhaseDrift, PhasePlan, PhaseResult
+from sweep.schedules import Horizon, Schedule
+from sweep.selection import FrozenSet, Selection
+from sweep.strategies import MECHANISMS, Mechanism
 from sweep.train import EpochCallback, EpochMetrics, Trainer
 
 NORM_POLICIES = ("train", "eval")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+PHASE_METRICS = ("frozen_params", "flops_per_step", "frozen_weight_drift", "frozen_buffer_drift")
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,22 @@ class TrialSpec:
     grad_clip_norm: float | None = None
     seed: int = 0
     device: str = "auto"
+    phases: tuple[Phase, ...] = ()
+    """Progressive unfreezing; empty: one phase freezing `selection` for `epochs`. When given, `epochs`
+    must be their total and `selection` the first one's freeze, so both keep their meaning for trackers."""
+
+    def __post_init__(self) -> None:
+        if not self.phases:
+            return
+        total = sum(p.epochs for p in self.phases)
+        if self.epochs != total:
+            raise ConfigError(f"epochs={self.epochs} but the phases add up to {total} epochs; they must agree")
+        if self.selection != self.phases[0].freeze:
+            raise ConfigError(f"selection={self.selection} but the first phase freezes {self.phases[0].freeze}; "
+                              "they must agree")
+
+    def phase_list(self) -> tuple[Phase, ...]:
+        return self.phases or (Phase(self.epochs, self.selection),)
 
 
 @dataclass
@@ -51,16 +75,23 @@ class TrialResult:
     wall_time_s: float
     step_time_ms: float
     samples_per_s: float
-    flops_per_step: int
+    flops_per_step: int  # mean over the training steps when phases differ
     peak_memory_bytes: int
-    trainable_params: int
+    trainable_params: int  # at the start (first phase)
     frozen_params: int
-    frozen_weight_drift: float | None  # None: nothing was frozen
+    frozen_weight_drift: float | None  # max over phases; None: nothing was frozen
     frozen_buffer_drift: float | None
     stopped_early: bool
+    phases: list[PhaseResult] = field(default_factory=list)
 
     def final_metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k not in ("history", "stopped_early") and v is not None}
+        """Flat metrics for the trackers; a trial of several phases adds `phase<N>.<metric>` for each."""
+        final = {k: v for k, v in asdict(self).items()
+                 if k not in ("history", "stopped_early", "phases") and v is not None}
+        if len(self.phases) > 1:
+            final |= {f"phase{p.phase}.{key}": getattr(p, key) for p in self.phases for key in PHASE_METRICS
+                      if getattr(p, key) is not None}
+        return final
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,14 +106,23 @@ def peak_memory(device: torch.device, net: nn.Module, optimizer: torch.optim.Opt
     return held_bytes(net, optimizer, extra)
 
 
-def _frozen_buffers(net: nn.Module, frozen: FrozenSet) -> dict[str, torch.Tensor]:
-    """Floating-point buffers of frozen modules (running statistics); step counters are not weights."""
-    return {f"{m}.{b}": buf for m, module in frozen.frozen_modules(net).items()
-            for b, buf in module.named_buffers(recurse=False) if buf.is_floating_point()}
+@dataclass
+class TrialSetup:
+    """A trial's model, phases, mechanism, optimizer and schedule, ready to train."""
+
+    net: BlockNet
+    frozen: FrozenSet  # what the first phase freezes
+    mechanism: Mechanism
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    plan: PhasePlan
+    groups_for: GroupsFor
+    schedule: Schedule
+    scheduler: LRScheduler
 
 
-def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None = None) -> TrialResult:
-    started = time.perf_counter()
+def set_up(spec: TrialSpec, task: Task, model_def: ModelDef) -> TrialSetup:
+    """Everything that can reject a configuration happens here, before any training."""
     if spec.norm_policy not in NORM_POLICIES:
         raise choice_error("norm policy", spec.norm_policy, NORM_POLICIES)
     mechanism_cls = MECHANISMS.get(spec.strategy)
@@ -91,49 +131,142 @@ def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochC
 
     torch.manual_seed(spec.seed)  # the same seed gives the same new head and data order, whatever the mechanism
     net = model_def.build(task.num_classes).to(device)
-    frozen = resolve(net, spec.selection) if mechanism_cls.freezes else FrozenSet()
-    groups = param_groups(net, frozen, split, spec.optimizer.lr, spec.optimizer.weight_decay,
-                          spec.optimizer.no_decay_bias_norm)
+    plan = PhasePlan(net, spec.phase_list(), mechanism_cls.freezes)
+    frozen = plan.frozen[0]
+    groups_for = partial(param_groups, net, split=split, lr=spec.optimizer.lr,
+                         weight_decay=spec.optimizer.weight_decay, no_decay_bias_norm=spec.optimizer.no_decay_bias_norm)
     mechanism = mechanism_cls(net, frozen)
-    optimizer = make_optimizer(mechanism.optimizer_groups(groups), spec.optimizer)
+    plan.check(mechanism)
+    optimizer = make_optimizer(mechanism.optimizer_groups(groups_for(frozen)), spec.optimizer)
+    steps_per_epoch = math.ceil(len(task.train) / spec.batch_size)
+    schedule = Schedule(spec.schedule, Horizon(spec.epochs * steps_per_epoch, steps_per_epoch), spec.optimizer.lr,
+                        spec.schedule_options)
+    return TrialSetup(net, frozen, mechanism, optimizer, device, plan, groups_for, schedule, schedule.build(optimizer))
 
-    train_loader = DataLoader(task.train, batch_size=spec.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(spec.seed))
+
+def held_norms(spec: TrialSpec, net: nn.Module, frozen: FrozenSet) -> list[nn.Module]:
+    """Norm policy `eval`: the norm layers of frozen blocks stay in eval mode while training."""
+    if spec.norm_policy != "eval":
+        return []
+    return [m for m in frozen.frozen_modules(net).values() if isinstance(m, NORM_TYPES)]
+
+
+@dataclass
+class PhasedRun:
+    """The epoch hooks of a trial: enter each phase, record progress and drift, checkpoint."""
+
+    spec: TrialSpec
+    setup: TrialSetup
+    trainer: Trainer
+    probe_batch: tuple[torch.Tensor, ...]
+    shuffling: torch.Generator  # the training loader's: its state is the data order to come
+    checkpoint: Checkpoint | None
+    started: float  # perf_counter at the start of this process's part of the trial
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self) -> None:
+        self.drift = PhaseDrift(self.setup.net, self.setup.plan)  # snapshot before any training, resumed or not
+
+    def enter_phase(self, index: int) -> None:
+        """Unfreeze for phase `index`; the scheduler is rebuilt to cover the new groups at the step it had reached."""
+        setup, trainer = self.setup, self.trainer
+        setup.plan.unfreeze(index, setup.mechanism, setup.optimizer, setup.groups_for)
+        trainer.scheduler = setup.schedule.build(setup.optimizer, steps_done=trainer.scheduler.last_epoch)
+        trainer.eval_mode_modules = held_norms(self.spec, setup.net, setup.plan.frozen[index])
+
+    def resume(self) -> None:
+        """Continue from the checkpoint if there is one: rebuild its phase's param groups, then load the states."""
+        saved = self.checkpoint.load() if self.checkpoint is not None else None
+        if saved is None:
+            return
+        for index in range(1, saved["phase"] + 1):
+            self.enter_phase(index)
+        self.progress = self.checkpoint.restore(saved, self.trainer, self.shuffling)
+
+    def start_epoch(self, epoch: int) -> None:
+        plan = self.setup.plan
+        if not plan.starts_phase(epoch):
+            return
+        index = plan.index_of(epoch)
+        if index:
+            self.enter_phase(index)
+        device = self.setup.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # measuring must not
+            flops = flops_per_step(self.setup.net, *self.probe_batch, F.cross_entropy)  # shift the training RNG
+        self.progress.phases.append(PhaseResult(index + 1, plan.frozen_params(index), flops))
+
+    def end_epoch(self, metrics: EpochMetrics, on_epoch: EpochCallback | None) -> bool:
+        index = self.setup.plan.index_of(metrics.epoch)
+        phase = self.progress.phases[-1]
+        phase.epochs += 1
+        phase.frozen_weight_drift, phase.frozen_buffer_drift = self.drift.of(index)
+        self.progress.history.append(metrics)
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.trainer, self.shuffling, index, self.progress_so_far())
+        return bool(on_epoch is not None and on_epoch(metrics))
+
+    def step_times_s(self) -> list[float]:
+        return self.progress.earlier_step_times_s + self.trainer.timer.step_times_s()
+
+    def wall_time_s(self) -> float:
+        return self.progress.earlier_wall_time_s + time.perf_counter() - self.started
+
+    def progress_so_far(self) -> Progress:
+        return replace(self.progress, earlier_step_times_s=self.step_times_s(), earlier_wall_time_s=self.wall_time_s())
+
+
+def _max_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None = None,
+              checkpoint_dir: Path | None = None) -> TrialResult:
+    """Run one trial. With `checkpoint_dir`, it checkpoints there after every epoch and, when it finds a
+    checkpoint there, continues from it; the checkpoint is deleted once the trial finishes."""
+    started = time.perf_counter()
+    setup = set_up(spec, task, model_def)
+    net, mechanism, optimizer, device = setup.net, setup.mechanism, setup.optimizer, setup.device
+
+    shuffling = torch.Generator().manual_seed(spec.seed)
+    train_loader = DataLoader(task.train, batch_size=spec.batch_size, shuffle=True, generator=shuffling)
     val_loader = DataLoader(task.val, batch_size=256)
     test_loader = DataLoader(task.test, batch_size=256)
-    scheduler = make_schedule(spec.schedule, optimizer, spec.epochs * len(train_loader), spec.optimizer.lr,
-                              **spec.schedule_options)
+    probe_batch = tuple(t.to(device) for t in next(iter(DataLoader(task.train, batch_size=spec.batch_size))))
 
-    probe_inputs, probe_targets = next(iter(DataLoader(task.train, batch_size=spec.batch_size)))
-    flops = flops_per_step(net, probe_inputs.to(device), probe_targets.to(device), F.cross_entropy)
-    weight_probe = DriftProbe({n: p for n, p in net.named_parameters() if n in frozen.param_names})
-    buffer_probe = DriftProbe(_frozen_buffers(net, frozen))
-    frozen_norms = [m for m in frozen.frozen_modules(net).values() if isinstance(m, NORM_TYPES)]
+    timer = make_timer(device)
+    trainer = Trainer(net, optimizer, mechanism, timer, device, setup.scheduler, spec.grad_clip_norm,
+                      eval_mode_modules=held_norms(spec, net, setup.frozen))
+    checkpoint = Checkpoint(checkpoint_dir, repr(spec)) if checkpoint_dir is not None else None
+    run = PhasedRun(spec, setup, trainer, probe_batch, shuffling, checkpoint, started)
+    run.resume()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    timer = make_timer(device)
-    trainer = Trainer(net, optimizer, mechanism, timer, device, scheduler, spec.grad_clip_norm,
-                      eval_mode_modules=frozen_norms if spec.norm_policy == "eval" else ())
-    history = trainer.fit(train_loader, val_loader, spec.epochs, on_epoch)
-    timing = Timing.from_steps(timer.step_times_s(), samples=len(task.train) * len(history))
+    trainer.fit(train_loader, val_loader, range(len(run.progress.history) + 1, spec.epochs + 1),
+                on_epoch=lambda metrics: run.end_epoch(metrics, on_epoch), on_epoch_start=run.start_epoch)
+    history, phases = run.progress.history, run.progress.phases
+    timing = Timing.from_steps(run.step_times_s(), samples=len(task.train) * len(history))
     memory = peak_memory(device, net, optimizer, mechanism.held_bytes())
     test_accuracy = trainer.accuracy(test_loader)
+    if checkpoint is not None:
+        checkpoint.discard()
 
-    n_frozen = sum(p.numel() for n, p in net.named_parameters() if n in frozen.param_names)
+    n_frozen = phases[0].frozen_params
     return TrialResult(
         history=history,
         val_accuracy=history[-1].val_accuracy,
         test_accuracy=test_accuracy,
         train_time_s=timing.train_time_s,
-        wall_time_s=time.perf_counter() - started,
+        wall_time_s=run.wall_time_s(),
         step_time_ms=timing.step_time_ms,
         samples_per_s=timing.samples_per_s,
-        flops_per_step=flops,
+        flops_per_step=round(sum(p.flops_per_step * p.epochs for p in phases) / len(history)),
         peak_memory_bytes=memory,
         trainable_params=sum(p.numel() for p in net.parameters()) - n_frozen,
         frozen_params=n_frozen,
-        frozen_weight_drift=weight_probe.max_abs_change() if frozen else None,
-        frozen_buffer_drift=buffer_probe.max_abs_change() if frozen else None,
+        frozen_weight_drift=_max_or_none([p.frozen_weight_drift for p in phases]),
+        frozen_buffer_drift=_max_or_none([p.frozen_buffer_drift for p in phases]),
         stopped_early=len(history) < spec.epochs,
+        phases=phases,
     )

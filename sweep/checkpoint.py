@@ -1,0 +1,126 @@
+"""Resumable trials: one checkpoint per trial, rewritten atomically at the end of every epoch.
+
+It holds everything the rest of the trial depends on: the model with its
+buffers, the optimizer and scheduler, the gradients left on parameters
+(`exclude_from_optimizer`'s pile-up feeds gradient clipping), every RNG
+(torch, CUDA, Python, the data loader's shuffling generator), the phase and the
+progress so far. A resumed trial first rebuilds the param groups of the saved
+phase (by the same unfreezing a live trial goes through), checks them and the
+`requires_grad` map against the saved ones, and only then loads the states, so
+it ends bitwise identical to an uninterrupted run.
+
+A finished trial deletes its checkpoint: the result then lives in the trackers,
+and a sweep of many trials does not keep a model copy per trial on disk.
+"""
+
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sweep.blocknet import BlockNet
+from sweep.errors import ConfigError
+from sweep.phases import PhaseResult
+from sweep.train import EpochMetrics, Trainer
+
+FILE_NAME = "checkpoint.pt"
+
+
+@dataclass
+class Progress:
+    """What a trial has done so far, carried from one process to the next."""
+
+    history: list[EpochMetrics] = field(default_factory=list)
+    phases: list[PhaseResult] = field(default_factory=list)  # started so far; the last one may be running
+    earlier_step_times_s: list[float] = field(default_factory=list)  # timed steps of earlier processes
+    earlier_wall_time_s: float = 0.0
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> "Progress":
+        return cls([EpochMetrics(**m) for m in saved["history"]], [PhaseResult(**p) for p in saved["phases"]],
+                   saved["earlier_step_times_s"], saved["earlier_wall_time_s"])
+
+
+def structure(net: BlockNet, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What a resumed trial must rebuild before loading states: `requires_grad` and each group's params."""
+    names = {id(p): n for n, p in net.named_parameters()}
+    return {"requires_grad": {n: p.requires_grad for n, p in net.named_parameters()},
+            "param_groups": [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups],
+            "no_grad_prefix": net.no_grad_prefix}
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class Checkpoint:
+    """The checkpoint of one trial in `directory`; `trial_key` tells whose it is."""
+
+    def __init__(self, directory: Path, trial_key: str) -> None:
+        self.path = Path(directory) / FILE_NAME
+        self.trial_key = trial_key
+
+    def save(self, trainer: Trainer, shuffling: torch.Generator, phase: int, progress: Progress) -> None:
+        """Write to a temporary file, then rename: a process killed mid-write leaves the last checkpoint whole."""
+        net = trainer.net
+        payload = {
+            "trial": self.trial_key, "phase": phase, "progress": asdict(progress),
+            "structure": structure(net, trainer.optimizer),
+            "model": net.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "grads": {n: p.grad for n, p in net.named_parameters() if p.grad is not None},
+            "rng": rng_states(trainer.device), "shuffling": shuffling.get_state(),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+        with open(partial, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, self.path)
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved checkpoint (its `phase` says which param groups to rebuild), or None if there is none."""
+        if not self.path.exists():
+            return None
+        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        if saved["trial"] != self.trial_key:
+            raise ConfigError(f"checkpoint {self.path} belongs to another trial ({saved['trial']}); "
+                              "give each trial its own checkpoint directory, or delete it to start over")
+        return saved
+
+    def restore(self, saved: dict[str, Any], trainer: Trainer, shuffling: torch.Generator) -> Progress:
+        """Load the saved states into a trial already rebuilt for the saved phase."""
+        rebuilt = structure(trainer.net, trainer.optimizer)
+        for key, value in rebuilt.items():
+            if value != saved["structure"][key]:
+                raise ConfigError(f"checkpoint {self.path} was saved with another {key} than this trial rebuilds "
+                                  f"for phase {saved['phase'] + 1}; delete it to start the trial over")
+        trainer.net.load_state_dict(saved["model"])
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        trainer.scheduler.load_state_dict(saved["scheduler"])
+        params = dict(trainer.net.named_parameters())
+        for name, grad in saved["grads"].items():
+            params[name].grad = grad.to(params[name].device)
+        set_rng_states(saved["rng"])
+        shuffling.set_state(saved["shuffling"])
+        return Progress.from_dict(saved["progress"])
+
+    def discard(self) -> None:
+        """The trial finished: remove its checkpoint and any temporary file a killed process left."""
+        self.path.unlink(missing_ok=True)
+        for partial in self.path.parent.glob(f"{self.path.stem}.*.tmp"):
+            partial.unlink(missing_ok=True)

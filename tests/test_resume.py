@@ -1,0 +1,165 @@
+"""A trial interrupted mid-way and run again ends bitwise identical to one never interrupted.
+
+The trial is stopped in its second phase, after it unfroze two blocks, so the
+resumed one must rebuild those param groups and the `requires_grad` map first.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweep.blocknet import BlockNet
+from sweep.errors import ConfigError
+from sweep.phases import Phase
+from sweep.selection import Selection
+from sweep.trial import TrialSpec, run_trial
+
+PHASES = (Phase(1, Selection(depth=4)), Phase(3, Selection(depth=2), lr_scale=0.5))
+KILL_AFTER_EPOCH = 2  # in phase 2, after the unfreeze
+TESTS_DIR = Path(__file__).resolve().parent
+
+WORKER = """
+import json, sys, time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from sweep.data import make_task
+from sweep.models import make_model_def
+from sweep.trial import run_trial
+from test_resume import spec
+
+cache_dir, pretrain, stall_at, *outs = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+model_def = make_model_def("digits_cnn", cache_dir=cache_dir, base_dir=Path.cwd(), pretrain=pretrain)
+task = make_task("digits", model_def.input_spec, Path.cwd())
+build, nets = model_def.build, []
+model_def.build = lambda num_classes: nets.append(build(num_classes)) or nets[-1]  # keep the trained network
+
+for out in map(Path, outs):  # one trial after the other, each with its own checkpoint directory
+    def after_epoch(metrics, out=out):
+        (out / f"epoch-{metrics.epoch}.done").touch()
+        if metrics.epoch == stall_at:
+            time.sleep(600)  # its checkpoint is on disk: the test kills the process here
+
+    result = run_trial(spec("requires_grad", grad_clip_norm=1.0), task, model_def, on_epoch=after_epoch,
+                       checkpoint_dir=out / "checkpoint")
+    torch.save(nets[-1].state_dict(), out / "weights.pt")
+    requires_grad = {name: p.requires_grad for name, p in nets[-1].named_parameters()}
+    (out / "result.json").write_text(json.dumps({
+        "test_accuracy": result.test_accuracy, "requires_grad": requires_grad,
+        "history": [asdict(m) for m in result.history], "phases": [asdict(p) for p in result.phases]}))
+"""
+
+
+def spec(strategy: str, **fields) -> TrialSpec:
+    return TrialSpec(strategy=strategy, selection=PHASES[0].freeze, epochs=sum(p.epochs for p in PHASES),
+                     phases=PHASES, schedule="onecycle", device="cpu", **fields)
+
+
+@pytest.fixture
+def built(monkeypatch, digits_model_def) -> list[BlockNet]:
+    """Every network `digits_model_def` builds in this test, so the trained weights can be compared."""
+    nets = []
+    build = digits_model_def.build
+    monkeypatch.setattr(digits_model_def, "build", lambda num_classes: nets.append(build(num_classes)) or nets[-1])
+    return nets
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(epoch: int):
+    def after_epoch(metrics):
+        if metrics.epoch == epoch:
+            raise Interrupted
+
+    return after_epoch
+
+
+@pytest.fixture
+def start_worker(tmp_path, digits_model_def):
+    """`start(outs, stall_at)`: the trial in a real process, once per directory in `outs`, each with its own
+    checkpoint; the process stalls after epoch `stall_at`. Whatever is still running at the end is killed."""
+    digits_model_def.backbone_weights()  # pretrained once, into the cache the workers share
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    started = []
+
+    def start(outs: list[Path], stall_at: int = 0) -> subprocess.Popen:
+        for out in outs:
+            out.mkdir(exist_ok=True)
+        args = [str(digits_model_def.cache_dir), json.dumps(asdict(digits_model_def.pretraining)), str(stall_at)]
+        started.append(subprocess.Popen([sys.executable, str(script), *args, *map(str, outs)], env=env))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def wait_for(path: Path, worker: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert worker.poll() is None, f"the worker ended (code {worker.returncode}) before writing {path.name}"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout_s} s"
+        time.sleep(0.05)
+
+
+def outcome(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    return json.loads((out / "result.json").read_text()), torch.load(out / "weights.pt", weights_only=True)
+
+
+def test_a_killed_trial_resumes_to_the_same_weights_and_accuracy(tmp_path, start_worker):
+    killed_dir, uninterrupted_dir = tmp_path / "killed", tmp_path / "uninterrupted"
+    killed = start_worker([killed_dir], stall_at=KILL_AFTER_EPOCH)
+    wait_for(killed_dir / f"epoch-{KILL_AFTER_EPOCH}.done", killed)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    checkpoint = killed_dir / "checkpoint" / "checkpoint.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert (saved["phase"], len(saved["progress"]["history"])) == (1, KILL_AFTER_EPOCH)
+
+    assert start_worker([killed_dir, uninterrupted_dir]).wait(timeout=600) == 0  # resume, then run one through
+    (expected, expected_weights), (result, weights) = outcome(uninterrupted_dir), outcome(killed_dir)
+    assert result == expected  # test accuracy, per-epoch history, per-phase drift and flops, requires_grad map
+    assert not all(result["requires_grad"].values())  # conv1 and conv2 are still frozen at the end
+    assert weights.keys() == expected_weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, expected_weights[name]), name
+    assert not checkpoint.exists()  # a finished trial removes its checkpoint
+
+
+@pytest.mark.parametrize("strategy", ["exclude_from_optimizer", "zero_lr", "weight_restore", "no_grad_forward"])
+def test_every_mechanism_resumes_after_its_unfreeze(tmp_path, digits_model_def, digits_task, built, strategy):
+    trial = spec(strategy, grad_clip_norm=1.0)  # clipping sees exclude_from_optimizer's piled-up frozen gradients
+    expected = run_trial(trial, digits_task, digits_model_def)
+    expected_weights = built[-1].state_dict()
+    with pytest.raises(Interrupted):
+        run_trial(trial, digits_task, digits_model_def, on_epoch=interrupt_at(KILL_AFTER_EPOCH),
+                  checkpoint_dir=tmp_path)
+    result = run_trial(trial, digits_task, digits_model_def, checkpoint_dir=tmp_path)
+    assert (result.test_accuracy, result.history, result.phases) == \
+        (expected.test_accuracy, expected.history, expected.phases)
+    for name, tensor in built[-1].state_dict().items():
+        assert torch.equal(tensor, expected_weights[name]), name
+
+
+def test_a_checkpoint_of_another_trial_is_refused(tmp_path, digits_model_def, digits_task):
+    with pytest.raises(Interrupted):
+        run_trial(spec("zero_lr"), digits_task, digits_model_def, on_epoch=interrupt_at(1), checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="belongs to another trial"):
+        run_trial(spec("zero_lr", seed=1), digits_task, digits_model_def, checkpoint_dir=tmp_path)
