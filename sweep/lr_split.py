@@ -107,11 +107,7 @@ class Groups(LrSplit):
 
 
 def make_lr_split(name: str, **options) -> LrSplit:
-    split_cls = LR_SPLITS.get(name)
-    try:
-        return split_cls(**options)
-    except TypeError as err:
-        raise ConfigError(f"lr_split {name!r}: {err}") from None
+    return LR_SPLITS.build(name, options)
 
 
 def is_no_decay(module: nn.Module, param_name: str, param: nn.Parameter) -> bool:

@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.cli import CONF_DIR, check_group_choices, fail_cleanly
 from sweep.config import Workspace, has_path, model_and_task, trial_spec
-from sweep.schedules import make_schedule
 from sweep.search import SearchSettings, database_storage, journal_storage
 from sweep.strategies import MECHANISMS
 from sweep.study import StrategyStudy, StudyPlan, print_summary
@@ -43,9 +42,7 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     settings = SearchSettings.from_config(cfg["search"], lambda path: has_path(cfg, path), fixed)
     model_def, task = model_and_task(cfg, workspace)
     for strategy in strategies:
-        spec = trial_spec(cfg, strategy, cfg["seed"])
-        setup = set_up(spec, task, model_def)
-        make_schedule(spec.schedule, setup.optimizer, spec.epochs, spec.optimizer.lr, **spec.schedule_options)
+        set_up(trial_spec(cfg, strategy, cfg["seed"]), task, model_def)
 
     tracking_uri = cfg["tracking"]["uri"] or default_uri(workspace.results_dir)
     shared_storage = database_storage(settings.storage) if settings.storage is not None else None

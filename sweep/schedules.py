@@ -9,6 +9,7 @@ scalar `max_lr`): it rewrites every group's lr, zero-lr groups included, and
 that shows up as drift rather than being quietly patched.
 """
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ def factor_schedule(name: str) -> Callable[[Callable[..., Factor]], Callable[...
                   **options) -> LRScheduler:
             return LambdaLR(optimizer, make_factor(horizon, **options), last_epoch=last_epoch)
 
+        # Advertise make_factor's options, so the registry checks a user's keys against them.
+        fixed = list(inspect.signature(build).parameters.values())[:4]
+        options = list(inspect.signature(make_factor).parameters.values())[1:]
+        build.__signature__ = inspect.signature(build).replace(parameters=[*fixed, *options])
         SCHEDULES.register(name)(build)
         return make_factor
 
@@ -146,13 +151,9 @@ class Schedule:
         them (the older groups keep their `initial_lr`), then torch's resume
         path (`last_epoch`) sets every group's lr for step `steps_done`.
         """
-        builder = SCHEDULES.get(self.name)
-        try:
-            scheduler = builder(optimizer, self.horizon, self.base_lr, -1, **self.options)
-            if steps_done:
-                scheduler = builder(optimizer, self.horizon, self.base_lr, steps_done - 1, **self.options)
-        except TypeError as err:
-            raise ConfigError(f"schedule {self.name!r}: {err}") from None
+        scheduler = SCHEDULES.build(self.name, self.options, optimizer, self.horizon, self.base_lr, -1)
+        if steps_done:
+            scheduler = SCHEDULES.build(self.name, self.options, optimizer, self.horizon, self.base_lr, steps_done - 1)
         return scheduler
 
 

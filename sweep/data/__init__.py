@@ -61,11 +61,7 @@ DATASETS: Registry[TaskBuilder] = Registry("data set")
 
 def make_task(name: str, input_spec: InputSpec, base_dir: Path, **options) -> Task:
     """`base_dir` anchors relative data paths (where the user ran the command)."""
-    builder = DATASETS.get(name)
-    try:
-        return builder(input_spec=input_spec, base_dir=base_dir, **options)
-    except TypeError as err:
-        raise ConfigError(f"data {name!r}: {err}") from None
+    return DATASETS.build(name, options, input_spec=input_spec, base_dir=base_dir)
 
 
 from sweep.data import digits  # noqa: E402,F401  (registers the embedded task)

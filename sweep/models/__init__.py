@@ -5,7 +5,6 @@ from pathlib import Path
 
 from sweep.blocknet import BlockNet
 from sweep.data import InputSpec
-from sweep.errors import ConfigError
 from sweep.registry import Registry
 
 
@@ -25,11 +24,7 @@ MODELS: Registry[type[ModelDef]] = Registry("model")
 
 def make_model_def(name: str, cache_dir: Path, base_dir: Path, **options) -> ModelDef:
     """`cache_dir` holds derived weights (pretraining results); `base_dir` anchors relative paths."""
-    model_cls = MODELS.get(name)
-    try:
-        return model_cls(cache_dir=cache_dir, base_dir=base_dir, **options)
-    except TypeError as err:
-        raise ConfigError(f"model {name!r}: {err}") from None
+    return MODELS.build(name, options, cache_dir=cache_dir, base_dir=base_dir)
 
 
 from sweep.models import digits_cnn  # noqa: E402,F401  (registers the embedded model)
