@@ -6,11 +6,12 @@ import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tabulate import tabulate
 from tqdm import tqdm
 
@@ -25,6 +26,22 @@ from sweep.trial import resolve_device, run_trial
 
 BASELINE = "full_finetune"
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process runs a trial: workers may share a study
+
+
+def worker_is_dead(worker: str | None) -> bool:
+    """True for a worker process of this host that no longer exists; other hosts' workers are never judged."""
+    if worker is None:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @dataclass
@@ -64,17 +81,45 @@ class StrategyStudy:
         self._bar: tqdm | None = None
 
     def run(self) -> None:
-        """Top the study up to `n_trials` finished trials (a second run of the same command adds none)."""
-        remaining = self.plan.settings.n_trials - len(finished_trials(self.study))
-        if remaining <= 0:
+        """Top the study up to `n_trials` finished trials (a second run of the same command adds none).
+
+        Trials whose worker on this host died (killed, out of memory, power cut)
+        are finished first, from their last checkpoint, as the same Optuna
+        trial and the same MLflow run.
+        """
+        interrupted = self._interrupted_trials()
+        remaining = self.plan.settings.n_trials - len(finished_trials(self.study)) - len(interrupted)
+        if remaining <= 0 and not interrupted:
             return
         tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split}
-        with self.plan.tracker.study_run(self.name, tags), tqdm(total=remaining, desc=self.strategy, unit="trial",
+        with self.plan.tracker.study_run(self.name, tags), tqdm(total=max(remaining, 0) + len(interrupted),
+                                                                 desc=self.strategy, unit="trial",
                                                                  dynamic_ncols=True) as self._bar:
-            # Workers sharing the study stop once it holds n_trials, whoever ran them.
-            enough = optuna.study.MaxTrialsCallback(self.plan.settings.n_trials, states=FINAL_STATES)
-            self.study.optimize(self._objective, n_trials=remaining, catch=(Exception,),
-                                callbacks=[lambda study, trial: self._bar.update(), enough])
+            for frozen in interrupted:
+                self._resume(frozen)
+                self._bar.update()
+            if remaining > 0:
+                # Workers sharing the study stop once it holds n_trials, whoever ran them.
+                enough = optuna.study.MaxTrialsCallback(self.plan.settings.n_trials, states=FINAL_STATES)
+                self.study.optimize(self._objective, n_trials=remaining, catch=(Exception,),
+                                    callbacks=[lambda study, trial: self._bar.update(), enough])
+
+    def _interrupted_trials(self) -> list[FrozenTrial]:
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [t for t in running if worker_is_dead(t.user_attrs.get("worker"))]
+
+    def _resume(self, frozen: FrozenTrial) -> None:
+        """Run an interrupted trial again and tell Optuna its outcome, as `study.optimize` would have."""
+        trial = optuna.Trial(self.study, frozen._trial_id)
+        try:
+            self.study.tell(trial, self._objective(trial))
+        except optuna.TrialPruned:
+            self.study.tell(trial, state=TrialState.PRUNED)
+        except Exception:  # recorded as failed, like study.optimize(catch=...) does; the sweep goes on
+            self.study.tell(trial, state=TrialState.FAIL)
+
+    def checkpoint_dir(self, trial: optuna.Trial) -> Path:
+        return self.plan.workspace.results_dir / "checkpoints" / self.name / f"trial-{trial.number}"
 
     def _objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         settings = self.plan.settings
@@ -85,11 +130,13 @@ class StrategyStudy:
                 "model.pretrained": str(self.plan.model_def.pretrained).lower(),
                 STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
         trial.set_user_attr("worker", WORKER)
-        with self.plan.tracker.trial_run(f"{self.strategy}-{trial.number}", tags, flatten(config)) as run:
+        with self.plan.tracker.trial_run(f"{self.strategy}-{trial.number}", tags, flatten(config),
+                                         run_id=trial.user_attrs.get("mlflow_run_id")) as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)
             try:
                 result = run_trial(spec, self.plan.task, self.plan.model_def,
-                                   on_epoch=lambda metrics: self._after_epoch(trial, run, metrics, spec.epochs))
+                                   on_epoch=lambda metrics: self._after_epoch(trial, run, metrics, spec.epochs),
+                                   checkpoint_dir=self.checkpoint_dir(trial))
             except Exception as err:
                 run.set_state("failed")
                 trial.set_user_attr("error", f"{type(err).__name__}: {err}")

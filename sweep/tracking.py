@@ -115,9 +115,10 @@ class Tracker:
             yield run.info.run_id
 
     @contextmanager
-    def trial_run(self, name: str, tags: dict[str, str], params: dict[str, object]) -> Iterator[TrialRun]:
-        """A nested run; an exception escaping the block ends it with status FAILED."""
-        with mlflow.start_run(run_name=name, nested=True, tags={ROLE: "trial", **tags},
-                              log_system_metrics=self.system_metrics) as run:
+    def trial_run(self, name: str, tags: dict[str, str], params: dict[str, object],
+                  run_id: str | None = None) -> Iterator[TrialRun]:
+        """A nested run (`run_id`: continue an interrupted trial's); an exception escaping the block ends it FAILED."""
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=True,
+                              tags={ROLE: "trial", **tags}, log_system_metrics=self.system_metrics) as run:
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
             yield TrialRun(run.info.run_id)
