@@ -1,0 +1,3 @@
+from sweep.report.cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""What the report says, independent of its format: facts, warnings, findings in words, tables and figures."""
+
+import datetime
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sweep.report.palette import styles
+from sweep.report.plots import PLOTS, Plot
+from sweep.report.records import Records, TrialRecord
+from sweep.report.summary import BASELINE, Comparison, comparisons
+from sweep.report.tables import Table, tables
+
+FACT_PARAMS = ("model.name", "data.name", "train.epochs", "train.batch_size", "optimizer.name", "schedule.name",
+               "freeze.depth", "freeze.names", "freeze.indices", "freeze.regex", "freeze.norm_policy",
+               "train.grad_clip_norm", "seed")
+FACT_TAGS = {"device": "device", "model pretrained": "model.pretrained"}
+
+
+@dataclass
+class Section:
+    """One comparison (experiment x lr split): its findings in words and its figures."""
+
+    title: str
+    slug: str  # names its image files when a report holds several comparisons
+    findings: list[str]
+    plots: list[Plot]
+
+
+@dataclass
+class Document:
+    title: str
+    generated: str
+    sources: list[tuple[str, str]]
+    warnings: list[str]
+    facts: Table
+    tables: list[Table]
+    sections: list[Section]
+    comparisons: list[Comparison]
+
+
+def safe_name(text: str) -> str:
+    """A file name from an experiment name, which MLflow lets contain anything."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def _one_value(values: Sequence[str]) -> str:
+    distinct = sorted(set(values))
+    return "-" if not distinct else distinct[0] if len(distinct) == 1 else "varies: " + ", ".join(distinct)
+
+
+def _facts(records: Records) -> Table:
+    """Settings every trial of an experiment shares, read from its runs, one column per experiment."""
+    by_experiment = {e: [t for t in records.trials if t.experiment == e and t.run_id] for e in records.experiments}
+    readers = [(label, lambda t, tag=tag: t.tags.get(tag)) for label, tag in FACT_TAGS.items()]
+    readers += [(path, lambda t, path=path: t.params.get(path)) for path in FACT_PARAMS]
+    rows = [[label, *(_one_value([v for v in map(read, trials) if v is not None]) for trials in
+                      by_experiment.values())] for label, read in readers]
+    rows.append(["lr splits", *(_one_value([t.lr_split for t in trials]) for trials in by_experiment.values())])
+    return Table("facts", "Setup", "Read from the recorded runs; 'varies' lists every value seen.",
+                 ["", *records.experiments], rows, [])
+
+
+def _not_pretrained(experiment: str, trials: list[TrialRecord]) -> str | None:
+    if any(t.tags.get("model.pretrained") == "false" for t in trials):
+        return (f"Experiment {experiment!r}: the model was NOT pretrained (tag model.pretrained=false). "
+                "These numbers compare freezing random weights, not fine-tuning a pretrained network.")
+    return None
+
+
+def _several_devices(experiment: str, trials: list[TrialRecord]) -> str | None:
+    devices = sorted({t.tags["device"] for t in trials if "device" in t.tags})
+    if len(devices) > 1:
+        return (f"Experiment {experiment!r} ran on several devices ({', '.join(devices)}): its times and memory "
+                "mix them; compare FLOPs, or rerun on one device.")
+    return None
+
+
+def _still_running(experiment: str, trials: list[TrialRecord]) -> str | None:
+    running = sum(t.state == "running" for t in trials)
+    if running:
+        return (f"Experiment {experiment!r}: {running} trials are still running, or their process died; they are "
+                "counted as running and left out of every median.")
+    return None
+
+
+WARNINGS = (_not_pretrained, _several_devices, _still_running)
+"""Checks shown above everything else: each says what makes the numbers below mean less than they seem."""
+
+
+def _warnings(records: Records) -> list[str]:
+    found = (check(e, [t for t in records.trials if t.experiment == e]) for e in records.experiments
+             for check in WARNINGS)
+    return [warning for warning in found if warning]
+
+
+def _names(strategies: Sequence[str]) -> str:
+    return ", ".join(strategies) if strategies else "none"
+
+
+def _findings(comparison: Comparison) -> list[str]:
+    """The verdicts in plain words: what agreed, what did not, what stayed frozen, what is cheapest."""
+    verdicts = {s.strategy: s.verdict for s in comparison.summaries}
+    reference = next(iter(verdicts.values())).reference
+    identical = [s for s, v in verdicts.items() if v.status in ("reference", "identical")]
+    findings = [f"Only {reference} ran here: there is nothing to compare it with." if len(verdicts) == 1 else
+                f"Identical results on paired trials: {_names(identical)}." if len(identical) > 1 else
+                f"No mechanism matched {reference} on paired trials."]
+    findings += [f"{s}: {v.detail()}." for s, v in verdicts.items() if v.status in ("differs", "not comparable")]
+    moved = [f"{s.strategy} ({s.weight_verdict})" for s in comparison.summaries if s.weight_verdict.startswith("moved")]
+    stayed = [s.strategy for s in comparison.summaries if s.weight_verdict == "stayed frozen"]
+    findings.append(f"Frozen weights stayed frozen in: {_names(stayed)}."
+                    + (f" They MOVED in: {_names(moved)}." if moved else ""))
+    timed = [s for s in comparison.summaries if s.value("median_step_time_ms") is not None]
+    if timed:
+        fastest = min(timed, key=lambda s: s.value("median_step_time_ms"))
+        step_ms, relative = fastest.value("median_step_time_ms"), fastest.value(f"step_time_ms_vs_{BASELINE}")
+        findings.append(f"Fastest median training step: {fastest.strategy}, {step_ms:.2f} ms"
+                        + (f" ({relative:.2f}x {BASELINE})." if relative is not None else "."))
+    return findings
+
+
+def build(records: Records, command: str) -> Document:
+    found = comparisons(records)
+    palette = styles(sorted({s.strategy for s in records.studies}))
+    sections = [Section(c.title, safe_name(f"{c.experiment}.{c.lr_split}"), _findings(c),
+                        [plot(c, palette) for plot in PLOTS]) for c in found]
+    sources = [("tracking URI", records.sources.tracking_uri), ("Optuna storage", records.sources.storage_label),
+               ("regenerate with", command)]
+    return Document(f"freeze-sweep report: {', '.join(records.experiments)}",
+                    datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), sources,
+                    _warnings(records), _facts(records), tables(found, palette), sections, found)
+
+
+def trial_rows(records: Records) -> list[dict[str, object]]:
+    """trials.csv: one row per Optuna trial, every metric (recorded and derived) and every param."""
+    metric_keys = sorted({k for t in records.trials for k in t.metrics} | {"train_flops_est"})
+    param_keys = sorted({k for t in records.trials for k in t.params})
+
+    def row(t: TrialRecord) -> dict[str, object]:
+        return {"experiment": t.experiment, "lr_split": t.lr_split, "strategy": t.strategy, "trial": t.number,
+                "state": t.state, "mlflow_run_id": t.run_id, "device": t.tags.get("device"),
+                "model_pretrained": t.tags.get("model.pretrained"), "epochs_run": t.epochs_run,
+                **{k: t.metric(k) for k in metric_keys}, **{f"params.{k}": t.params.get(k) for k in param_keys}}
+
+    return [row(t) for t in records.trials]
+
+
+def summary_rows(found: Sequence[Comparison]) -> list[dict[str, object]]:
+    """summary.csv: one row per (experiment, lr split, strategy)."""
+    searched = sorted({path for c in found for path in c.searched})
+    return [s.as_row(searched) for c in found for s in c.summaries]

@@ -1,0 +1,219 @@
+"""The report's figures: matplotlib (Agg, no display), labelled axes with units, one colour per strategy.
+
+Each plot function takes one comparison and returns a `Plot`: a PNG, or the reason there is none.
+"""
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import optuna  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from optuna.distributions import FloatDistribution, IntDistribution  # noqa: E402
+
+from sweep.report.palette import Style  # noqa: E402
+from sweep.report.records import TrialRecord  # noqa: E402
+from sweep.report.summary import BASELINE, Comparison  # noqa: E402
+
+MIN_IMPORTANCE_TRIALS = 5  # finished trials a study needs before fANOVA importances mean anything
+DPI = 100
+SHORT_NUMBER = ticker.FuncFormatter(lambda value, _: f"{value:.3g}")  # 0.042, not 4.2x10^-2 (log axes)
+
+
+@dataclass
+class Plot:
+    name: str
+    title: str
+    caption: str
+    png: bytes | None = None
+    note: str = ""  # why there is no figure
+
+
+def _finish(plot: Plot, fig: Figure, title: str) -> Plot:
+    """Title the figure and keep it as PNG bytes (no timestamp in them, so an unchanged plot is an unchanged file)."""
+    fig.suptitle(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    plot.png = buffer.getvalue()
+    return plot
+
+
+def _devices(comparison: Comparison) -> str:
+    return ", ".join(sorted({t.tags["device"] for t in comparison.trials if "device" in t.tags})) or "device unknown"
+
+
+def _finished(trials: list[TrialRecord]) -> list[TrialRecord]:
+    return [t for t in trials if t.state == "finished" and t.measured]
+
+
+def _pruned(trials: list[TrialRecord]) -> list[TrialRecord]:
+    return [t for t in trials if t.state == "pruned" and t.measured]
+
+
+def _scatter(ax, trials: list[TrialRecord], x: Callable[[TrialRecord], float], style: Style, label: str) -> None:
+    """Finished trials filled, pruned ones hollow (their accuracy is from the epoch they stopped at)."""
+    finished, pruned = _finished(trials), _pruned(trials)
+    ax.scatter([x(t) for t in finished], [t.metrics["val_accuracy"] for t in finished], color=style.color,
+               marker=style.marker, s=45, alpha=0.8, label=label, zorder=3)
+    ax.scatter([x(t) for t in pruned], [t.metrics["val_accuracy"] for t in pruned], facecolors="none",
+               edgecolors=style.color, marker=style.marker, s=45, zorder=3)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(time, accuracy) points no other point beats on both: less time and at least as much accuracy."""
+    front: list[tuple[float, float]] = []
+    for time, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or accuracy > front[-1][1]:
+            front.append((time, accuracy))
+    return front
+
+
+def pareto(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("pareto", "Accuracy vs training time",
+                "Every trial: filled = finished, hollow = pruned. The dashed line is the Pareto front of finished "
+                "trials (no other trial is both faster and more accurate); ringed points lie on it.")
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    for study in comparison.studies:
+        _scatter(ax, study.trials, lambda t: t.metrics["train_time_s"], styles[study.strategy], study.strategy)
+    front = pareto_front([(t.metrics["train_time_s"], t.metrics["val_accuracy"])
+                          for t in _finished(comparison.trials)])
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle="--",
+            linewidth=1, label="Pareto front", zorder=2)
+    ax.scatter([p[0] for p in front], [p[1] for p in front], s=160, facecolors="none", edgecolors="black",
+               linewidths=1.2, zorder=4)
+    ax.set_xlabel(f"training time of the trial (s, device time in training steps on {_devices(comparison)})")
+    ax.set_ylabel("validation accuracy at the last epoch (fraction)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _finish(plot, fig, f"Accuracy vs training time: {comparison.title}")
+
+
+def _measured(trials: list[TrialRecord], key: str, scale: float) -> list[float]:
+    return [t.metrics[key] / scale for t in trials if key in t.metrics]
+
+
+def _bars(ax, comparison: Comparison, styles: dict[str, Style], key: str, scale: float, label: str) -> None:
+    strategies = [s.strategy for s in comparison.summaries]
+    medians = [(s.value(f"median_{key}") or 0) / scale for s in comparison.summaries]
+    ax.barh(strategies, medians, color=[styles[s].color for s in strategies], alpha=0.85)
+    for row, study in enumerate(comparison.studies):
+        values = _measured(study.trials, key, scale)
+        ax.scatter(values, [row] * len(values), color="black", s=10, zorder=3,
+                   label="one trial" if row == 0 else None)
+    for row, (summary, study) in enumerate(zip(comparison.summaries, comparison.studies)):
+        relative = summary.value(f"{key}_vs_{BASELINE}")
+        right = max([medians[row], *_measured(study.trials, key, scale)])
+        if relative is not None:
+            ax.annotate(f"{relative:.2f}x", (right, row), xytext=(6, 0), textcoords="offset points",
+                        va="center", fontsize=8)
+    ax.margins(x=0.15)
+    ax.invert_yaxis()
+    ax.set_xlabel(label)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def cost(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("cost", "Step time and FLOPs by strategy",
+                f"Bars: median over every measured trial (dots); labels: median relative to {BASELINE}. "
+                "FLOPs are counted, not timed, so they do not depend on the machine.")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.5 * len(comparison.summaries) + 2.2), sharey=True)
+    _bars(left, comparison, styles, "step_time_ms", 1, f"median training-step time (ms, {_devices(comparison)})")
+    _bars(right, comparison, styles, "flops_per_step", 1e6, "forward+backward FLOPs per training step (MFLOP)")
+    left.legend(fontsize=8, loc="lower right")
+    return _finish(plot, fig, f"Cost per training step: {comparison.title}")
+
+
+def learning_curves(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("learning_curves", "Learning curves of each strategy's best trial",
+                "Curves that coincide are drawn on top of each other, the first strategy widest, so identical "
+                "mechanisms show as nested lines.")
+    best = [s for s in comparison.summaries if s.best is not None]
+    if not best:
+        plot.note = "no strategy has a finished trial"
+        return plot
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for rank, summary in enumerate(best):
+        style, trial = styles[summary.strategy], summary.best
+        width = 1.2 + 1.0 * (len(best) - 1 - rank)
+        for ax, key in ((acc_ax, "val_accuracy"), (loss_ax, "train_loss")):
+            curve = trial.curves.get(key, [])
+            ax.plot(range(1, len(curve) + 1), curve, color=style.color, marker=style.marker, markersize=4,
+                    linewidth=width, alpha=0.85, label=f"{summary.strategy} (trial {trial.number})")
+    acc_ax.set_ylabel("validation accuracy (fraction)")
+    loss_ax.set_ylabel("mean training loss (cross-entropy)")
+    for ax in (acc_ax, loss_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    return _finish(plot, fig, f"Learning curves of the best trials: {comparison.title}")
+
+
+def _is_log(distribution: object) -> bool:
+    return isinstance(distribution, (FloatDistribution, IntDistribution)) and distribution.log
+
+
+def accuracy_vs_params(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("accuracy_vs_params", "Accuracy against the searched hyperparameters (lr and lr split)",
+                "One point per trial (filled = finished, hollow = pruned); log axes where the search was log-scaled.")
+    distributions = {path: d for s in comparison.studies for path, d in s.distributions.items()}
+    if not distributions:
+        plot.note = "nothing was searched: every hyperparameter was fixed on the command line"
+        return plot
+    paths = sorted(distributions)
+    fig, axes = plt.subplots(1, len(paths), figsize=(4.2 * len(paths) + 1, 4.2), sharey=True, squeeze=False)
+    for ax, path in zip(axes[0], paths):
+        for study in comparison.studies:
+            trials = [t for t in study.trials if path in t.searched]
+            _scatter(ax, trials, lambda t: t.searched[path], styles[study.strategy], study.strategy)
+        if _is_log(distributions[path]):
+            ax.set_xscale("log")
+            values = [t.searched[path] for t in comparison.trials if path in t.searched]
+            within_a_decade = max(values) < 10 * min(values)  # then only minor ticks fall inside: label them
+            ax.xaxis.set_major_formatter(SHORT_NUMBER)
+            ax.xaxis.set_minor_formatter(SHORT_NUMBER if within_a_decade else ticker.NullFormatter())
+            ax.tick_params(axis="x", which="both", labelrotation=45, labelsize=8)
+        ax.set_xlabel(f"{path} ({'log scale' if _is_log(distributions[path]) else 'linear scale'})")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy at the last epoch (fraction)")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return _finish(plot, fig, f"Accuracy vs searched hyperparameters: {comparison.title}")
+
+
+def importances(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("importances", "Optuna hyperparameter importances",
+                "fANOVA importance: the share of the variance of validation accuracy each hyperparameter explains, "
+                "per strategy's study.")
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    found = {}
+    for study in comparison.studies:
+        finished = study.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(finished) >= MIN_IMPORTANCE_TRIALS and len(study.distributions) >= 2:
+            found[study.strategy] = optuna.importance.get_param_importances(study.study, evaluator=evaluator)
+    if not found:
+        plot.note = (f"not enough trials: importances need at least {MIN_IMPORTANCE_TRIALS} finished trials in a "
+                     "study and at least 2 searched hyperparameters")
+        return plot
+    paths = sorted({p for values in found.values() for p in values})
+    height = 0.8 / len(found)
+    fig, ax = plt.subplots(figsize=(9, 1.1 * len(paths) + 1.5))
+    for slot, (strategy, values) in enumerate(found.items()):
+        ax.barh([row + slot * height for row in range(len(paths))], [values.get(p, 0) for p in paths],
+                height=height, color=styles[strategy].color, label=strategy)
+    ax.set_yticks([row + 0.4 - height / 2 for row in range(len(paths))], paths)
+    ax.invert_yaxis()
+    ax.set_xlabel("importance (fANOVA, fraction of validation-accuracy variance)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(plot, fig, f"Hyperparameter importances: {comparison.title}")
+
+
+PLOTS: tuple[Callable[[Comparison, dict[str, Style]], Plot], ...] = (
+    pareto, cost, learning_curves, accuracy_vs_params, importances)

@@ -1,0 +1,142 @@
+"""Aggregation: one row per (experiment, lr split, strategy), every number recomputable from trials.csv.
+
+The rules (the report states them too):
+- counts come from Optuna's trial states;
+- compute spent (totals), the drift maxima and the medians of per-step costs (step time, samples/s, FLOPs per
+  step, peak memory) cover every trial that recorded the metric, whatever its state: a pruned trial's time was
+  spent, its steps cost what any step costs, and a frozen layer that moved in it did move;
+- the best trial and the medians and range of per-trial outcomes (accuracies, train time) cover finished
+  trials only, so a trial cut short does not drag them down.
+"""
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sweep.report.equivalence import Verdict, verdicts
+from sweep.report.records import COUNTED, Records, StudyRecord, TrialRecord
+from sweep.study import BASELINE
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """`<name>_<metric>` columns: `reduce` over the trials that recorded the metric."""
+
+    name: str
+    reduce: Callable[[list[float]], float]
+    finished_only: bool
+    metrics: tuple[str, ...]
+
+
+AGGREGATES = (
+    Aggregate("total", sum, False, ("train_time_s", "wall_time_s", "train_flops_est")),
+    Aggregate("median", statistics.median, True, ("val_accuracy", "test_accuracy", "train_time_s", "trainable_params",
+                                                   "frozen_params")),
+    Aggregate("median", statistics.median, False, ("step_time_ms", "samples_per_s", "flops_per_step",
+                                                    "peak_memory_bytes")),
+    Aggregate("max", max, False, ("frozen_weight_drift", "frozen_buffer_drift")),
+)
+RELATIVE = ("step_time_ms", "flops_per_step")  # median over the baseline's median
+
+
+def drift_verdict(max_drift: float | None, frozen_params: float | None) -> str:
+    if max_drift is None:
+        return "nothing frozen" if frozen_params == 0 else "not measured"
+    return "stayed frozen" if max_drift == 0 else f"moved by {max_drift:.3g}"
+
+
+@dataclass
+class StrategySummary:
+    experiment: str
+    lr_split: str
+    strategy: str
+    counts: dict[str, int]
+    values: dict[str, float | None]
+    best: TrialRecord | None
+    verdict: Verdict
+
+    @classmethod
+    def of(cls, study: StudyRecord, verdict: Verdict) -> "StrategySummary":
+        trials = study.trials
+        finished = [t for t in trials if t.state == "finished" and t.measured]
+        values: dict[str, float | None] = {}
+        for aggregate in AGGREGATES:
+            for key in aggregate.metrics:
+                pool = finished if aggregate.finished_only else trials
+                recorded = [v for v in (t.metric(key) for t in pool) if v is not None]
+                values[f"{aggregate.name}_{key}"] = aggregate.reduce(recorded) if recorded else None
+        tests = [t.metrics["test_accuracy"] for t in finished]
+        values["min_test_accuracy"] = min(tests, default=None)
+        values["max_test_accuracy"] = max(tests, default=None)
+        best = max(finished, key=lambda t: (t.metrics["val_accuracy"], -t.number), default=None)
+        values["best_val_accuracy"] = best.metrics["val_accuracy"] if best else None
+        values["best_test_accuracy"] = best.metrics["test_accuracy"] if best else None
+        counts = {state: sum(t.state == state for t in trials) for state in COUNTED}
+        return cls(study.experiment, study.lr_split, study.strategy, counts, values, best, verdict)
+
+    def value(self, key: str) -> float | None:
+        return self.values.get(key)
+
+    @property
+    def weight_verdict(self) -> str:
+        return drift_verdict(self.value("max_frozen_weight_drift"), self.value("median_frozen_params"))
+
+    @property
+    def buffer_verdict(self) -> str:
+        return drift_verdict(self.value("max_frozen_buffer_drift"), self.value("median_frozen_params"))
+
+    def as_row(self, searched: Sequence[str]) -> dict[str, Any]:
+        """The summary.csv row: counts, values, verdicts and the best trial's searched hyperparameters."""
+        best_params = self.best.searched if self.best else {}
+        return {"experiment": self.experiment, "lr_split": self.lr_split, "strategy": self.strategy,
+                "trials": sum(self.counts.values()), **self.counts,
+                "best_trial": self.best.number if self.best else None, **self.values,
+                "frozen_weights": self.weight_verdict, "frozen_buffers": self.buffer_verdict,
+                "equivalence": self.verdict.status, "equivalence_reference": self.verdict.reference,
+                "equivalence_paired_trials": self.verdict.paired,
+                "equivalence_max_test_accuracy_diff": self.verdict.max_test_diff,
+                "equivalence_detail": self.verdict.detail(),
+                **{f"best.{path}": best_params.get(path) for path in searched}}
+
+
+@dataclass
+class Comparison:
+    """The strategies of one experiment under one lr split: what pairing and relative costs are defined over."""
+
+    experiment: str
+    lr_split: str
+    studies: list[StudyRecord]
+    summaries: list[StrategySummary]
+
+    @classmethod
+    def of(cls, experiment: str, lr_split: str, studies: list[StudyRecord]) -> "Comparison":
+        found = verdicts(studies)
+        summaries = [StrategySummary.of(s, found[s.strategy]) for s in studies]
+        baseline = next((s for s in summaries if s.strategy == BASELINE), None)
+        for summary in summaries:
+            for key in RELATIVE:
+                mine, theirs = summary.value(f"median_{key}"), baseline.value(f"median_{key}") if baseline else None
+                summary.values[f"{key}_vs_{BASELINE}"] = mine / theirs if mine is not None and theirs else None
+        return cls(experiment, lr_split, studies, summaries)
+
+    @property
+    def title(self) -> str:
+        return f"{self.experiment}, lr split {self.lr_split}"
+
+    @property
+    def searched(self) -> list[str]:
+        """Searched hyperparameters, as config paths."""
+        return sorted({path for s in self.studies for path in s.distributions})
+
+    @property
+    def trials(self) -> list[TrialRecord]:
+        return [t for s in self.studies for t in s.trials]
+
+
+def comparisons(records: Records) -> list[Comparison]:
+    groups: dict[tuple[str, str], list[StudyRecord]] = {}
+    for study in records.studies:
+        groups.setdefault((study.experiment, study.lr_split), []).append(study)
+    return [Comparison.of(experiment, lr_split, studies) for (experiment, lr_split), studies in
+            sorted(groups.items(), key=lambda item: (records.experiments.index(item[0][0]), item[0][1]))]

@@ -1,0 +1,147 @@
+"""The report's tables as formatted text: one definition feeds both the HTML and the Markdown."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sweep.report.palette import Style
+from sweep.report.summary import BASELINE, Comparison, StrategySummary
+
+Cell = Callable[[StrategySummary], str]
+
+
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
+
+
+def si(value: float | None, unit: str) -> str:
+    """4.2e9 -> '4.2 G<unit>': FLOP counts span many orders of magnitude."""
+    if value is None:
+        return "-"
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _trial_counts(s: StrategySummary) -> str:
+    running = f" (+{s.counts['running']} running)" if s.counts["running"] else ""
+    return f"{s.counts['finished']} / {s.counts['pruned']} / {s.counts['failed']}{running}"
+
+
+def _test_range(s: StrategySummary) -> str:
+    low, high = s.value("min_test_accuracy"), s.value("max_test_accuracy")
+    return "-" if low is None else f"{low:.4f} - {high:.4f} ({s.counts['finished']} trials)"
+
+
+def _value(key: str, spec: str, suffix: str = "") -> Cell:
+    return lambda s: fmt(s.value(key), spec, suffix)
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    cell: Cell
+
+
+STRATEGY = Column("strategy", lambda s: s.strategy)
+GROUP = (Column("experiment", lambda s: s.experiment), Column("lr split", lambda s: s.lr_split))
+
+OUTCOME = (
+    STRATEGY,
+    Column("trials finished / pruned / failed", _trial_counts),
+    Column("best val accuracy", _value("best_val_accuracy", ".4f")),
+    Column("median val accuracy", _value("median_val_accuracy", ".4f")),
+    Column("test accuracy of the best trial", _value("best_test_accuracy", ".4f")),
+    Column("test accuracy over finished trials (min - max)", _test_range),
+    Column("frozen weights", lambda s: s.weight_verdict),
+    Column("equivalence", lambda s: s.verdict.status),
+)
+COST = (
+    STRATEGY,
+    Column("compute spent: train time (s)", _value("total_train_time_s", ".2f")),
+    Column("compute spent: wall time (s)", _value("total_wall_time_s", ".1f")),
+    Column("compute spent: training FLOPs (est.)", lambda s: si(s.value("total_train_flops_est"), "FLOP")),
+    Column("median step time (ms)", _value("median_step_time_ms", ".2f")),
+    Column(f"step time vs {BASELINE}", _value(f"step_time_ms_vs_{BASELINE}", ".2f", "x")),
+    Column("median train time (s)", _value("median_train_time_s", ".2f")),
+    Column("median samples/s", _value("median_samples_per_s", ",.0f")),
+    Column("FLOPs per step", lambda s: si(s.value("median_flops_per_step"), "FLOP")),
+    Column(f"FLOPs vs {BASELINE}", _value(f"flops_per_step_vs_{BASELINE}", ".2f", "x")),
+    Column("median peak memory (MiB)", lambda s: fmt(_mib(s.value("median_peak_memory_bytes")), ".2f")),
+)
+FROZEN = (
+    STRATEGY,
+    Column("frozen params", _value("median_frozen_params", ",.0f")),
+    Column("trainable params", _value("median_trainable_params", ",.0f")),
+    Column("frozen weights", lambda s: s.weight_verdict),
+    Column("frozen buffers (BatchNorm statistics)", lambda s: s.buffer_verdict),
+)
+EQUIVALENCE = (
+    STRATEGY,
+    Column("verdict", lambda s: s.verdict.status),
+    Column("paired trials", lambda s: "-" if s.verdict.status == "reference" else str(s.verdict.paired)),
+    Column("max abs. difference in test accuracy", lambda s: fmt(s.verdict.max_test_diff, ".4f")),
+    Column("detail", lambda s: s.verdict.detail()),
+)
+
+
+def _mib(value: float | None) -> float | None:
+    return None if value is None else value / 2**20
+
+
+def _best_params(searched: Sequence[str]) -> list[Column]:
+    def param(path: str) -> Cell:
+        return lambda s: fmt(s.best.searched.get(path) if s.best else None, ".4g")
+
+    return [STRATEGY, Column("best trial", lambda s: fmt(s.best.number if s.best else None, "d")),
+            Column("its val accuracy", _value("best_val_accuracy", ".4f")),
+            *(Column(path, param(path)) for path in searched)]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    id: str
+    title: str
+    caption: str
+    columns: Callable[[Sequence[str]], Sequence[Column]]  # given the searched hyperparameters
+
+
+TABLES = (
+    TableSpec("summary", "Summary", "Trial counts are Optuna's states. Best = highest validation accuracy among "
+              "finished trials; medians and ranges are over finished trials.", lambda _: OUTCOME),
+    TableSpec("cost", "Cost", "Compute spent sums every trial, pruned and failed ones included; training FLOPs are "
+              "FLOPs per sample (from one counted batch) times the samples trained. Per-step medians (step time, "
+              "samples/s, FLOPs, memory) cover every measured trial, the train-time median finished trials only. "
+              "Times were measured on the device named in the setup.", lambda _: COST),
+    TableSpec("frozen", "Did the frozen layers stay frozen?", "Largest absolute change of any frozen weight or "
+              "BatchNorm running statistic over every trial; 0 means it really stayed frozen.", lambda _: FROZEN),
+    TableSpec("equivalence", "Equivalence of the mechanisms", "Paired trials: the same trial number (same seed) "
+              "and the same whole configuration. Identical = same test accuracy, validation and loss curves, "
+              "trainable-parameter count and drifts on every pair.", lambda _: EQUIVALENCE),
+    TableSpec("best-params", "Best hyperparameters", "The searched hyperparameters of each strategy's best trial.",
+              _best_params),
+)
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    caption: str
+    headers: list[str]
+    rows: list[list[str]]
+    colors: list[str]  # each row's strategy colour, to match the plots
+
+
+def tables(comparisons: Sequence[Comparison], styles: dict[str, Style]) -> list[Table]:
+    """Every comparison's rows in one table each, so several experiments or lr splits read side by side."""
+    group = list(GROUP) if len(comparisons) > 1 else []
+    searched = sorted({path for c in comparisons for path in c.searched})
+    summaries = [s for c in comparisons for s in c.summaries]
+    found = []
+    for spec in TABLES:
+        columns = [*group, *spec.columns(searched)]
+        found.append(Table(spec.id, spec.title, spec.caption, [c.header for c in columns],
+                           [[c.cell(s) for c in columns] for s in summaries],
+                           [styles[s.strategy].color for s in summaries]))
+    return found
