@@ -201,12 +201,9 @@ class PhasedRun:
         phase.epochs += 1
         phase.frozen_weight_drift, phase.frozen_buffer_drift = self.drift.of(index)
         self.progress.history.append(metrics)
-        # Report first, then checkpoint: a kill in between repeats this epoch (identically) rather than
-        # leaving it out of the trackers.
-        stop = bool(on_epoch is not None and on_epoch(metrics))
         if self.checkpoint is not None:
             self.checkpoint.save(self.trainer, self.shuffling, index, self.progress_so_far())
-        return stop
+        return bool(on_epoch is not None and on_epoch(metrics))
 
     def step_times_s(self) -> list[float]:
         return self.progress.earlier_step_times_s + self.trainer.timer.step_times_s()
