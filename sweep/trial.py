@@ -201,9 +201,12 @@ class PhasedRun:
         phase.epochs += 1
         phase.frozen_weight_drift, phase.frozen_buffer_drift = self.drift.of(index)
         self.progress.history.append(metrics)
+        # Report, then checkpoint: the trackers get every epoch at least once. A kill in between repeats
+        # this epoch identically; the other order could lose its record for good.
+        stop = bool(on_epoch is not None and on_epoch(metrics))
         if self.checkpoint is not None:
             self.checkpoint.save(self.trainer, self.shuffling, index, self.progress_so_far())
-        return bool(on_epoch is not None and on_epoch(metrics))
+        return stop
 
     def step_times_s(self) -> list[float]:
         return self.progress.earlier_step_times_s + self.trainer.timer.step_times_s()

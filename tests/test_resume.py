@@ -47,8 +47,8 @@ model_def.build = lambda num_classes: nets.append(build(num_classes)) or nets[-1
 for out in map(Path, outs):  # one trial after the other, each with its own checkpoint directory
     def after_epoch(metrics, out=out):
         (out / f"epoch-{metrics.epoch}.done").touch()
-        if metrics.epoch == stall_at:
-            time.sleep(600)  # its checkpoint is on disk: the test kills the process here
+        if stall_at and metrics.epoch == stall_at + 1:
+            time.sleep(600)  # epoch stall_at's checkpoint is on disk (this one's comes after the callback): killed here
 
     result = run_trial(spec("requires_grad", grad_clip_norm=1.0), task, model_def, on_epoch=after_epoch,
                        checkpoint_dir=out / "checkpoint")
@@ -79,8 +79,9 @@ class Interrupted(Exception):
 
 
 def interrupt_at(epoch: int):
+    """Interrupt once `epoch`'s checkpoint is on disk: in the next epoch's callback, which runs before its own."""
     def after_epoch(metrics):
-        if metrics.epoch == epoch:
+        if metrics.epoch == epoch + 1:
             raise Interrupted
 
     return after_epoch
@@ -126,7 +127,7 @@ def outcome(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def test_a_killed_trial_resumes_to_the_same_weights_and_accuracy(tmp_path, start_worker):
     killed_dir, uninterrupted_dir = tmp_path / "killed", tmp_path / "uninterrupted"
     killed = start_worker([killed_dir], stall_at=KILL_AFTER_EPOCH)
-    wait_for(killed_dir / f"epoch-{KILL_AFTER_EPOCH}.done", killed)
+    wait_for(killed_dir / f"epoch-{KILL_AFTER_EPOCH + 1}.done", killed)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait(timeout=60) == -signal.SIGKILL
     checkpoint = killed_dir / "checkpoint" / "checkpoint.pt"
