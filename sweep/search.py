@@ -12,7 +12,7 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, one_line
 
 OBJECTIVES = {False: ["maximize"], True: ["maximize", "minimize"]}  # key: multi_objective
 FINAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -81,8 +81,7 @@ def database_storage(url: str) -> BaseStorage:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     except Exception as err:  # SQLAlchemy/driver errors of many kinds all mean "cannot use this storage"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot use Optuna storage {url!r} ({reason[:200]}); check the URL and that the "
+        raise ConfigError(f"cannot use Optuna storage {url!r} ({one_line(err)[:200]}); check the URL and that the "
                           "database server is running, or leave search.storage unset for a local journal file") from None
 
 

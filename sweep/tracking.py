@@ -13,7 +13,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, one_line
 from sweep.train import EpochMetrics
 from sweep.trial import TrialResult
 
@@ -48,8 +48,7 @@ def check_reachable(uri: str) -> None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many types here: all mean "this store cannot be used"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot use MLflow tracking URI {uri!r} ({reason[:200]}); start the server or pass "
+        raise ConfigError(f"cannot use MLflow tracking URI {uri!r} ({one_line(err)[:200]}); start the server or pass "
                           "tracking.uri=URI (e.g. sqlite:////abs/path/mlflow.db or http://host:5000)") from None
 
 
