@@ -12,9 +12,16 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.config import split_name
 from sweep.errors import ConfigError, one_line
+from sweep.registry import Registry
 
 OBJECTIVES = {False: ["maximize"], True: ["maximize", "minimize"]}  # key: multi_objective
+
+PRUNERS: Registry[type[optuna.pruners.BasePruner]] = Registry("pruner")
+PRUNERS.register("median")(optuna.pruners.MedianPruner)
+PRUNERS.register("threshold")(optuna.pruners.ThresholdPruner)
+PRUNERS.register("none")(optuna.pruners.NopPruner)
 FINAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -41,7 +48,7 @@ class SearchSettings:
     sampler_seed: int
     storage: str | None
     multi_objective: bool
-    pruner: dict[str, int]
+    pruner: optuna.pruners.BasePruner
     space: list[Dimension] = field(default_factory=list)
 
     @classmethod
@@ -61,8 +68,10 @@ class SearchSettings:
             if not dim.low < dim.high or (dim.log and dim.low <= 0):
                 raise ConfigError(f"search.space.{path}: need low < high (and low > 0 with log), got {bounds}")
             space.append(dim)
-        return cls(n_trials, section["sampler_seed"], section.get("storage"), bool(section["multi_objective"]),
-                   dict(section["pruner"]), space)
+        multi_objective = bool(section["multi_objective"])
+        pruner_name, pruner_options = split_name(section["pruner"], "search.pruner")
+        pruner = PRUNERS.build("none" if multi_objective else pruner_name, {} if multi_objective else pruner_options)
+        return cls(n_trials, section["sampler_seed"], section.get("storage"), multi_objective, pruner, space)
 
 
 def journal_storage(results_dir: Path) -> BaseStorage:
@@ -108,8 +117,7 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, finger
     """
     existing = len(storage.get_all_trials(storage.get_study_id_from_name(name))) if _exists(storage, name) else 0
     sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + existing)
-    pruner = optuna.pruners.NopPruner() if settings.multi_objective else optuna.pruners.MedianPruner(**settings.pruner)
-    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=settings.pruner,
                                 directions=OBJECTIVES[settings.multi_objective], load_if_exists=True)
     study.set_user_attr("config", fingerprint)
     return study

@@ -91,3 +91,34 @@ def test_a_diverging_trial_is_failed_in_optuna_and_mlflow_and_the_sweep_complete
     runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
     assert {r.data.tags["sweep.state"] for r in runs} == {"failed"}
+
+
+def test_an_explicit_override_is_fixed_and_two_objectives_are_recorded(tmp_path, cache_dir):
+    (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
+    done = sweep_command("sweep.run", "+strategy=requires_grad", "optimizer.lr=0.02", "search.multi_objective=true",
+                         "search.n_trials=2", "train.epochs=1", "experiment=pareto", f"results_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    study = load_studies(tmp_path / "optuna.journal")["pareto.requires_grad.head_backbone"]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE
+        assert "optimizer.lr" not in trial.params and "lr_split.backbone_ratio" in trial.params
+        assert trial.values == [trial.user_attrs["val_accuracy"], trial.user_attrs["train_time_s"]]
+        params = client.get_run(trial.user_attrs["mlflow_run_id"]).data.params
+        assert params["optimizer.lr"] == "0.02"
+        assert float(params["lr_split.backbone_ratio"]) == trial.params["lr_split.backbone_ratio"]
+
+
+def test_pruned_trials_are_pruned_in_optuna_and_tagged_in_mlflow(tmp_path, cache_dir):
+    (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
+    done = sweep_command("sweep.run", "+strategy=zero_lr", "search/pruner=threshold", "search.pruner.lower=1.01",
+                         "search.n_trials=2", "train.epochs=3", "experiment=pruned", f"results_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    study = load_studies(tmp_path / "optuna.journal")["pruned.zero_lr.head_backbone"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for trial in study.trials:  # no accuracy reaches 1.01: every trial is pruned after its first epoch
+        assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["sweep.state"] == "pruned" and run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
