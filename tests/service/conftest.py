@@ -1,30 +1,11 @@
 """One real sweep, run once per test session through the real command, shared by the service and report tests."""
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_BUDGET = ["search.n_trials=2", "train.epochs=2", "experiment=tiny"]
-
-
-@dataclass
-class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def sweep_command(module: str, *args: str, cwd: Path = REPO) -> Completed:
-    """Run `python -m <module> args...` as a user would, with one thread so parallel CI stays fair."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
-    return Completed(done.returncode, done.stdout, done.stderr)
+from sweep_commands import TINY_BUDGET, Completed, sweep_command
 
 
 @dataclass

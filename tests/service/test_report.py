@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import Completed, sweep_command
+from sweep_commands import Completed, sweep_command
 from sweep.report import main
 from sweep.report.document import build
 from sweep.report.publish import staged

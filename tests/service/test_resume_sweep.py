@@ -12,7 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import REPO, sweep_command
+from sweep_commands import REPO, sweep_command
 
 ARGS = ["+strategy=requires_grad", "search.n_trials=1", "train.epochs=8", "experiment=resume"]
 STUDY = "resume.requires_grad.head_backbone"

@@ -1,13 +1,12 @@
 """`python -m sweep.run` end to end, through the real command in a subprocess."""
 
 import optuna
-import pytest
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from conftest import TINY_BUDGET, sweep_command
+from sweep_commands import TINY_BUDGET, Completed, sweep_command
 from sweep.strategies import MECHANISMS
 
 FREEZING = [name for name in MECHANISMS.names() if MECHANISMS.get(name).freezes]
@@ -21,6 +20,14 @@ def load_studies(journal) -> dict[str, optuna.Study]:
     storage = JournalStorage(JournalFileBackend(str(journal)))
     return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
             for s in optuna.get_all_study_summaries(storage)}
+
+
+def own_sweep(tmp_path, cache_dir, *args: str) -> tuple[Completed, dict[str, optuna.Study], MlflowClient]:
+    """A sweep into its own results_dir (sharing the pretrained weights) that must exit 0, and its records."""
+    (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
+    done = sweep_command("sweep.run", *args, f"results_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    return done, load_studies(tmp_path / "optuna.journal"), MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def test_every_strategy_gets_a_full_study_and_tracked_runs(tiny_sweep):
@@ -78,15 +85,11 @@ def test_summary_table_and_next_steps_are_printed(tiny_sweep):
 
 
 def test_a_diverging_trial_is_failed_in_optuna_and_mlflow_and_the_sweep_completes(tmp_path, cache_dir):
-    (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
-    done = sweep_command("sweep.run", "+strategy=zero_lr", "optimizer.lr=1e6", "search.n_trials=2",
-                         "train.epochs=1", "experiment=nan", f"results_dir={tmp_path}")
-    assert done.returncode == 0, done.stderr
+    done, studies, client = own_sweep(tmp_path, cache_dir, "+strategy=zero_lr", "optimizer.lr=1e6",
+                                      "search.n_trials=2", "train.epochs=1", "experiment=nan")
     assert "Traceback" not in done.stderr
     assert "trial 0 failed: TrialDiverged" in done.stderr
-    study = load_studies(tmp_path / "optuna.journal")["nan.zero_lr.head_backbone"]
-    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [t.state for t in studies["nan.zero_lr.head_backbone"].trials] == [TrialState.FAIL] * 2
     experiment = client.get_experiment_by_name("nan")
     runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
@@ -94,13 +97,11 @@ def test_a_diverging_trial_is_failed_in_optuna_and_mlflow_and_the_sweep_complete
 
 
 def test_an_explicit_override_is_fixed_and_two_objectives_are_recorded(tmp_path, cache_dir):
-    (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
-    done = sweep_command("sweep.run", "+strategy=requires_grad", "optimizer.lr=0.02", "search.multi_objective=true",
-                         "search.n_trials=2", "train.epochs=1", "experiment=pareto", f"results_dir={tmp_path}")
-    assert done.returncode == 0, done.stderr
-    study = load_studies(tmp_path / "optuna.journal")["pareto.requires_grad.head_backbone"]
+    _, studies, client = own_sweep(tmp_path, cache_dir, "+strategy=requires_grad", "optimizer.lr=0.02",
+                                   "search.multi_objective=true", "search.n_trials=2", "train.epochs=1",
+                                   "experiment=pareto")
+    study = studies["pareto.requires_grad.head_backbone"]
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for trial in study.trials:
         assert trial.state == TrialState.COMPLETE
         assert "optimizer.lr" not in trial.params and "lr_split.backbone_ratio" in trial.params
@@ -111,12 +112,9 @@ def test_an_explicit_override_is_fixed_and_two_objectives_are_recorded(tmp_path,
 
 
 def test_pruned_trials_are_pruned_in_optuna_and_tagged_in_mlflow(tmp_path, cache_dir):
-    (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
-    done = sweep_command("sweep.run", "+strategy=zero_lr", "search/pruner=threshold", "search.pruner.lower=1.01",
-                         "search.n_trials=2", "train.epochs=3", "experiment=pruned", f"results_dir={tmp_path}")
-    assert done.returncode == 0, done.stderr
-    study = load_studies(tmp_path / "optuna.journal")["pruned.zero_lr.head_backbone"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, studies, client = own_sweep(tmp_path, cache_dir, "+strategy=zero_lr", "search/pruner=threshold",
+                                   "search.pruner.lower=1.01", "search.n_trials=2", "train.epochs=3", "experiment=pruned")
+    study = studies["pruned.zero_lr.head_backbone"]
     for trial in study.trials:  # no accuracy reaches 1.01: every trial is pruned after its first epoch
         assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
         run = client.get_run(trial.user_attrs["mlflow_run_id"])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import sweep_command
+from sweep_commands import sweep_command
 
 BAD_INPUTS = {
     "unknown strategy": (["+strategy=freeze_harder"], "unknown strategy 'freeze_harder'; choose one of:"),

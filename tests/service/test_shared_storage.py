@@ -11,7 +11,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from sweep_commands import REPO
 
 PG_CTLS = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
 
