@@ -14,4 +14,5 @@ run: $(VENV)/.installed
 	$(PY) -m sweep.run
 
 test: $(VENV)/.installed
+	bash scripts/install-test-system-deps.sh
 	$(PY) -m pytest -q
