@@ -100,9 +100,10 @@ def study_name(experiment: str, strategy: str, lr_split: str) -> str:
 
 def check_study(storage: BaseStorage, name: str, fingerprint: dict) -> None:
     """Refuse, before writing anything, to mix trials of a different fixed configuration into a study."""
-    if not _exists(storage, name):
+    study_id = _study_id(storage, name)
+    if study_id is None:
         return
-    recorded = storage.get_study_user_attrs(storage.get_study_id_from_name(name)).get("config")
+    recorded = storage.get_study_user_attrs(study_id).get("config")
     if recorded is not None and recorded != fingerprint:
         changed = sorted(k for k in recorded.keys() | fingerprint.keys() if recorded.get(k) != fingerprint.get(k))
         raise ConfigError(f"study {name!r} already holds trials run with a different configuration "
@@ -115,7 +116,8 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, finger
     The sampler seed is offset by the trials already there, so a top-up run does
     not replay the first suggestions, and every strategy's study still gets the same ones.
     """
-    existing = len(storage.get_all_trials(storage.get_study_id_from_name(name))) if _exists(storage, name) else 0
+    study_id = _study_id(storage, name)
+    existing = len(storage.get_all_trials(study_id)) if study_id is not None else 0
     sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + existing)
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=settings.pruner,
                                 directions=OBJECTIVES[settings.multi_objective], load_if_exists=True)
@@ -123,12 +125,12 @@ def open_study(storage: BaseStorage, name: str, settings: SearchSettings, finger
     return study
 
 
-def _exists(storage: BaseStorage, name: str) -> bool:
+def _study_id(storage: BaseStorage, name: str) -> int | None:
+    """The study's id, or None when it does not exist yet (one storage round trip)."""
     try:
-        storage.get_study_id_from_name(name)
+        return storage.get_study_id_from_name(name)
     except KeyError:
-        return False
-    return True
+        return None
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:

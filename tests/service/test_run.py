@@ -76,6 +76,15 @@ def test_running_again_adds_no_trials(tiny_sweep):
     assert len(client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'study'")) == len(before)
 
 
+def test_a_study_refuses_trials_of_a_different_fixed_configuration(tiny_sweep):
+    before = {name: len(s.trials) for name, s in load_studies(tiny_sweep.journal).items()}
+    changed = sweep_command("sweep.run", *TINY_BUDGET, "train.epochs=3", f"results_dir={tiny_sweep.results_dir}")
+    assert changed.returncode == 2
+    assert "already holds trials run with a different configuration (changed: train.epochs)" in changed.stderr
+    assert "pass experiment=NEW_NAME" in changed.stderr
+    assert {name: len(s.trials) for name, s in load_studies(tiny_sweep.journal).items()} == before
+
+
 def test_summary_table_and_next_steps_are_printed(tiny_sweep):
     out = tiny_sweep.first.stdout
     for strategy in MECHANISMS.names():
