@@ -79,6 +79,7 @@ class StrategyStudy:
         self.name = study_name(plan.experiment, strategy, plan.lr_split)
         self.study = open_study(plan.storage, self.name, plan.settings, plan.fingerprint())
         self._bar: tqdm | None = None
+        self._best = "-"  # best val accuracy for the progress bar; it can only change between trials
 
     def run(self) -> None:
         """Top the study up to `n_trials` finished trials (a second run of the same command adds none).
@@ -130,6 +131,7 @@ class StrategyStudy:
                 "model.pretrained": str(self.plan.model_def.pretrained).lower(),
                 STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
         trial.set_user_attr("worker", WORKER)
+        self._best = self._best_so_far()
         with self.plan.tracker.trial_run(f"{self.strategy}-{trial.number}", tags, flatten(config),
                                          run_id=trial.user_attrs.get("mlflow_run_id")) as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)
@@ -156,13 +158,14 @@ class StrategyStudy:
     def _after_epoch(self, trial: optuna.Trial, run: TrialRun, metrics: EpochMetrics, epochs: int) -> bool:
         run.log_epoch(metrics)
         self._bar.set_postfix(trial=trial.number, epoch=f"{metrics.epoch}/{epochs}",
-                              val=f"{metrics.val_accuracy:.3f}", best=self._best_so_far())
+                              val=f"{metrics.val_accuracy:.3f}", best=self._best)
         if self.plan.settings.multi_objective:
             return False
         trial.report(metrics.val_accuracy, metrics.epoch)
         return trial.should_prune()
 
     def _best_so_far(self) -> str:
+        """One storage query, once per trial: with shared PostgreSQL studies this must stay off the epoch path."""
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         return f"{max(t.values[0] for t in complete):.3f}" if complete else "-"
 
