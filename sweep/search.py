@@ -74,10 +74,14 @@ class SearchSettings:
         return cls(n_trials, section["sampler_seed"], section.get("storage"), multi_objective, pruner, space)
 
 
+def journal_path(results_dir: Path) -> Path:
+    return results_dir / "optuna.journal"
+
+
 def journal_storage(results_dir: Path) -> BaseStorage:
     """The default: a journal file under results_dir, safe for several processes on one host."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(results_dir / "optuna.journal")))
+    return JournalStorage(JournalFileBackend(str(journal_path(results_dir))))
 
 
 def database_storage(url: str) -> BaseStorage:

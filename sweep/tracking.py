@@ -27,11 +27,17 @@ def default_uri(results_dir: Path) -> str:
     return f"sqlite:///{results_dir / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def artifact_location(uri: str) -> str | None:
     """Artifacts (the report) beside a SQLite database, not in MLflow's default ./mlruns under the current directory."""
-    if not uri.startswith("sqlite:///"):
+    database = sqlite_path(uri)
+    if database is None:
         return None  # a tracking server has its own artifact root
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return (database.resolve().parent / "mlartifacts").as_uri()
 
 
 def quiet_mlflow() -> None:

@@ -18,15 +18,14 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import ConfigError
-from sweep.search import database_storage, journal_storage
+from sweep.search import database_storage, journal_path, journal_storage
 from sweep.strategies import MECHANISMS
-from sweep.tracking import ROLE, STUDY, TRIAL_NUMBER, check_reachable
+from sweep.tracking import ROLE, STUDY, TRIAL_NUMBER, check_reachable, sqlite_path
 
 STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 UNFINISHED = "running"  # RUNNING or WAITING in Optuna: still going, or its process died
 COUNTED = (*STATES.values(), UNFINISHED)
 CURVES = ("val_accuracy", "train_loss")  # logged once per epoch, step = epoch number
-SQLITE = "sqlite:///"
 
 
 @dataclass
@@ -39,7 +38,7 @@ class Sources:
 
     @property
     def storage_label(self) -> str:
-        return self.storage_url or str(self.results_dir / "optuna.journal")
+        return self.storage_url or str(journal_path(self.results_dir))
 
 
 @dataclass
@@ -126,13 +125,12 @@ def strategy_order(strategies: Sequence[str]) -> list[str]:
 
 def check_sources(sources: Sources) -> None:
     """Refuse to read stores that are not there: MLflow and Optuna would silently create empty ones."""
-    if sources.tracking_uri.startswith(SQLITE):
-        database = Path(sources.tracking_uri.removeprefix(SQLITE))
-        if not database.is_file():
-            raise ConfigError(f"no MLflow records at {database}: run `python -m sweep.run` first, or pass "
-                              "results_dir=DIR or tracking.uri=URI of the sweep")
+    database = sqlite_path(sources.tracking_uri)
+    if database is not None and not database.is_file():
+        raise ConfigError(f"no MLflow records at {database}: run `python -m sweep.run` first, or pass "
+                          "results_dir=DIR or tracking.uri=URI of the sweep")
     check_reachable(sources.tracking_uri)
-    journal = sources.results_dir / "optuna.journal"
+    journal = journal_path(sources.results_dir)
     if sources.storage_url is None and not journal.is_file():
         raise ConfigError(f"no Optuna journal at {journal}; pass search.storage=URL if the sweep used a database")
 
