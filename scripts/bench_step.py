@@ -13,16 +13,12 @@ where and how it ran, the median step times, the engine/plain ratio per mechanis
 """
 
 import argparse
-import gc
 import json
-import os
 import platform
-import random
 import shlex
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -33,31 +29,25 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sweep.blocknet import BlockNet
-from sweep.data import make_task
-from sweep.lr_split import make_lr_split, param_groups
-from sweep.measure import StepTimer
-from sweep.models import make_model_def
-from sweep.optim import OptimizerSpec, make_optimizer
-from sweep.schedules import make_schedule
-from sweep.selection import FrozenSet, Selection, resolve
+from sweep.data import Task, make_task
+from sweep.models import ModelDef, make_model_def
+from sweep.optim import OptimizerSpec
+from sweep.selection import Selection
+from sweep.step_timing import Step, engine_step, machine, step_ms, time_rounds
 from sweep.strategies import MECHANISMS
-from sweep.train import Trainer
+from sweep.trial import TrialSpec
 
 FROZEN_DEPTH = 2
 OVERHEAD_BUDGET = 1.05
 SIDES = ("engine", "plain")
-Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
+CPU = torch.device("cpu")
 
 
-def engine_step(net: BlockNet, strategy: str, spec: OptimizerSpec) -> Step:
-    mechanism_cls = MECHANISMS.get(strategy)
-    frozen = resolve(net, Selection(depth=FROZEN_DEPTH)) if mechanism_cls.freezes else FrozenSet()
-    groups = param_groups(net, frozen, make_lr_split("uniform"), spec.lr, spec.weight_decay)
-    mechanism = mechanism_cls(net, frozen)
-    optimizer = make_optimizer(mechanism.optimizer_groups(groups), spec)
-    scheduler = make_schedule("constant", optimizer, total_steps=1, base_lr=spec.lr)
-    return Trainer(net, optimizer, mechanism, StepTimer(), torch.device("cpu"), scheduler).step
+def engine(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int) -> Step:
+    """The engine's step, set up as a trial is: uniform lr split, constant schedule, the same seed (same head)."""
+    trial = TrialSpec(strategy, Selection(depth=FROZEN_DEPTH), lr_split="uniform", optimizer=spec, seed=seed,
+                      device="cpu")
+    return engine_step(trial, task, model_def)
 
 
 # The plain loops: each takes the frozen prefix and the rest (blocks after it, then the head).
@@ -136,46 +126,6 @@ def plain_step(net: BlockNet, strategy: str, spec: OptimizerSpec) -> Step:
     return PLAIN[strategy](nn.Sequential(*blocks[:FROZEN_DEPTH]), nn.Sequential(*blocks[FROZEN_DEPTH:], net.head), spec)
 
 
-BUILDERS = {"engine": engine_step, "plain": plain_step}
-
-
-Variant = tuple[str, str]  # (strategy, side)
-
-
-def time_round(steps: dict[Variant, Step], batches: Batches, order: random.Random) -> dict[Variant, list[float]]:
-    """One pass over the batches for every variant, in seconds per step.
-
-    Step by step: for each batch the mechanisms come in a fresh random order, and
-    each one's engine and plain steps run back to back (which goes first is random
-    too), so both meet the same machine load. Python's garbage collector is held
-    off, as `timeit` does.
-    """
-    times: dict[Variant, list[float]] = {variant: [] for variant in steps}
-    strategies = list(MECHANISMS)
-    gc.collect()
-    gc.disable()
-    try:
-        for inputs, targets in batches:
-            order.shuffle(strategies)
-            for strategy in strategies:
-                for side in order.sample(SIDES, len(SIDES)):
-                    started = time.perf_counter()
-                    steps[strategy, side](inputs, targets)
-                    times[strategy, side].append(time.perf_counter() - started)
-    finally:
-        gc.enable()
-    return times
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def git_revision() -> str | None:
     try:
         done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
@@ -202,34 +152,24 @@ def main() -> None:
     spec = OptimizerSpec(name="sgd", lr=0.05, momentum=0.9)
     steps = {}
     for strategy in MECHANISMS:
-        for side, build in BUILDERS.items():
-            torch.manual_seed(args.seed)  # the same head for every variant
-            net = model_def.build(task.num_classes).train()
-            steps[strategy, side] = build(net, strategy, spec)
+        steps[strategy, "engine"] = engine(model_def, task, strategy, spec, args.seed)
+        torch.manual_seed(args.seed)  # the same head as the engine's
+        net = model_def.build(task.num_classes).train()
+        steps[strategy, "plain"] = plain_step(net, strategy, spec)
 
-    order = random.Random(args.seed)
-    for _ in range(args.warmup_rounds):
-        time_round(steps, batches, order)
-    times: dict[Variant, list[float]] = {variant: [] for variant in steps}
-    for _ in range(args.rounds):
-        for variant, seconds in time_round(steps, batches, order).items():
-            times[variant] += seconds
+    # A mechanism's engine and plain steps run back to back: they are the pair compared.
+    groups = [[(strategy, side) for side in SIDES] for strategy in MECHANISMS]
+    rounds = time_rounds(groups, steps, batches, args.rounds, args.warmup_rounds, args.seed)
+    times = {variant: [s for r in rounds for s in r[variant]] for variant in steps}
 
-    median_ms = {side: {s: 1000 * statistics.median(times[s, side]) for s in MECHANISMS} for side in SIDES}
+    median_ms = {side: {s: step_ms(rounds, (s, side)).median for s in MECHANISMS} for side in SIDES}
     # Engine over plain: the median over back-to-back step pairs on the same batch, which cancels most of the
     # machine's load swings; the ratio of the two sides' median step times is kept alongside.
     ratios = {s: statistics.median(e / p for e, p in zip(times[s, "engine"], times[s, "plain"])) for s in MECHANISMS}
     report = {
         "benchmark": "one training step per mechanism: sweep's Trainer.step vs a plain hand-written PyTorch loop",
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "device": "cpu",
-        },
+        "machine": machine(CPU),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
