@@ -15,7 +15,7 @@ from sweep.models import ModelDef, make_model_def
 from sweep.optim import OptimizerSpec
 from sweep.phases import Phase, gradual_unfreezing
 from sweep.selection import Selection
-from sweep.trial import TrialSpec
+from sweep.trial import RunSettings, TrialSpec
 
 Config = dict[str, Any]
 
@@ -151,6 +151,21 @@ def trial_spec(cfg: Config, strategy: str, seed: int) -> TrialSpec:
         device=cfg["device"],
         phases=phases,
     )
+
+
+RUN_SETTINGS = ("threads",)
+"""Keys of `train` that say how trials run, not what they compute: a study accepts workers that differ in them."""
+
+
+def run_settings(train: Config) -> RunSettings:
+    threads = _int_or_none(train.get("threads"), "train.threads")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"train.threads={threads} must be >= 1, or null to share the cores among this host's workers")
+    return RunSettings(threads=threads)
+
+
+def without_run_settings(cfg: Config) -> Config:
+    return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in RUN_SETTINGS}}
 
 
 @dataclass

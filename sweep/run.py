@@ -14,12 +14,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.cli import CONF_DIR, check_group_choices, fail_cleanly
-from sweep.config import Workspace, has_path, model_and_task, trial_spec
+from sweep.config import Workspace, has_path, model_and_task, run_settings, trial_spec, without_run_settings
 from sweep.search import SearchSettings, database_storage, journal_storage
 from sweep.strategies import MECHANISMS
 from sweep.study import StrategyStudy, StudyPlan, print_summary
+from sweep.threads import share_cores, threads_for
 from sweep.tracking import Tracker, check_reachable, default_uri
 from sweep.trial import set_up
+from sweep.workers import WorkerRegistry
 
 NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy")
 
@@ -36,6 +38,9 @@ def explicit_overrides() -> set[str]:
 def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     """Validate everything and open every store, before a single study or run is created."""
     workspace = Workspace.from_config(cfg, base_dir)
+    runtime = run_settings(cfg["train"])
+    workers = WorkerRegistry(workspace.results_dir)
+    share_cores(threads_for(runtime.threads, workers.live()))  # before any torch work: checks build models
     strategies = [cfg["strategy"]["name"]] if "strategy" in cfg else MECHANISMS.names()
     for name in strategies:
         MECHANISMS.get(name)
@@ -49,12 +54,13 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     workspace.results_dir.mkdir(parents=True, exist_ok=True)
     check_reachable(tracking_uri)
     storage = shared_storage or journal_storage(workspace.results_dir)
-    trial_config = {k: v for k, v in cfg.items() if k not in NOT_TRIAL_CONFIG}
+    trial_config = {k: v for k, v in without_run_settings(cfg).items() if k not in NOT_TRIAL_CONFIG}
     experiment = str(cfg["experiment"])  # `experiment=nan` or `=2024` arrive as numbers from the command line
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
                            task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"]),
-                           workspace)
+                           workspace, runtime, workers)
     study_plan.check_studies()
+    workers.register()
     return study_plan
 
 

@@ -1,11 +1,9 @@
 """One strategy's Optuna study: its trials, their MLflow runs, progress, and the end-of-sweep summary."""
 
-import os
-import socket
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +18,13 @@ from sweep.data import Task
 from sweep.models import ModelDef
 from sweep.search import (FINAL_STATES, SearchSettings, check_study, finished_trials, fingerprint_of, open_study,
                           study_name)
+from sweep.threads import threads_for
 from sweep.tracking import STUDY, TRIAL_NUMBER, Tracker, TrialRun
 from sweep.train import EpochMetrics
-from sweep.trial import resolve_device, run_trial
+from sweep.trial import RunSettings, resolve_device, run_trial
+from sweep.workers import WORKER, WorkerRegistry, worker_is_dead
 
 BASELINE = "full_finetune"
-WORKER = f"{socket.gethostname()}:{os.getpid()}"  # which process runs a trial: workers may share a study
-
-
-def worker_is_dead(worker: str | None) -> bool:
-    """True for a worker process of this host that no longer exists; other hosts' workers are never judged."""
-    if worker is None:
-        return False
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
 
 
 @dataclass
@@ -58,6 +41,12 @@ class StudyPlan:
     task: Task
     tracker: Tracker
     workspace: Workspace
+    run_settings: RunSettings  # threads None: share the cores among this host's live workers
+    workers: WorkerRegistry
+
+    def trial_settings(self) -> RunSettings:
+        """Counted before each trial: a worker started alone gives up cores once others have started."""
+        return replace(self.run_settings, threads=threads_for(self.run_settings.threads, self.workers.live()))
 
     @property
     def lr_split(self) -> str:
@@ -138,7 +127,7 @@ class StrategyStudy:
             try:
                 result = run_trial(spec, self.plan.task, self.plan.model_def,
                                    on_epoch=lambda metrics: self._after_epoch(trial, run, metrics, spec.epochs),
-                                   checkpoint_dir=self.checkpoint_dir(trial))
+                                   checkpoint_dir=self.checkpoint_dir(trial), settings=self.plan.trial_settings())
             except Exception as err:
                 run.set_state("failed")
                 trial.set_user_attr("error", f"{type(err).__name__}: {err}")

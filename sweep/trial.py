@@ -24,6 +24,7 @@ from sweep.phases import GroupsFor, Phase, PhaseDrift, PhasePlan, PhaseResult
 from sweep.schedules import Horizon, Schedule
 from sweep.selection import FrozenSet, Selection
 from sweep.strategies import MECHANISMS, Mechanism
+from sweep.threads import intra_op_threads
 from sweep.train import EpochCallback, EpochMetrics, Trainer
 
 NORM_POLICIES = ("train", "eval")
@@ -66,6 +67,13 @@ class TrialSpec:
         return self.phases or (Phase(self.epochs, self.selection),)
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """How a trial runs, not what it computes: kept out of its checkpoint key, its study's fingerprint and params."""
+
+    threads: int | None = None  # torch's intra-op threads during the trial; None: as the process has them
+
+
 @dataclass
 class TrialResult:
     history: list[EpochMetrics]
@@ -81,6 +89,8 @@ class TrialResult:
     frozen_params: int
     frozen_weight_drift: float | None  # max over phases; None: nothing was frozen
     frozen_buffer_drift: float | None
+    torch_threads: int  # intra-op threads torch ran the trial with, read inside it
+    torch_interop_threads: int
     stopped_early: bool
     phases: list[PhaseResult] = field(default_factory=list)
 
@@ -224,9 +234,15 @@ def _max_or_none(values: list[float | None]) -> float | None:
 
 
 def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None = None,
-              checkpoint_dir: Path | None = None) -> TrialResult:
+              checkpoint_dir: Path | None = None, settings: RunSettings = RunSettings()) -> TrialResult:
     """Run one trial. With `checkpoint_dir`, it checkpoints there after every epoch and, when it finds a
     checkpoint there, continues from it; the checkpoint is deleted once the trial finishes."""
+    with intra_op_threads(settings.threads):
+        return _run(spec, task, model_def, on_epoch, checkpoint_dir)
+
+
+def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None,
+         checkpoint_dir: Path | None) -> TrialResult:
     started = time.perf_counter()
     setup = set_up(spec, task, model_def)
     net, mechanism, optimizer, device = setup.net, setup.mechanism, setup.optimizer, setup.device
@@ -270,6 +286,8 @@ def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochC
         frozen_params=n_frozen,
         frozen_weight_drift=_max_or_none([p.frozen_weight_drift for p in phases]),
         frozen_buffer_drift=_max_or_none([p.frozen_buffer_drift for p in phases]),
+        torch_threads=torch.get_num_threads(),
+        torch_interop_threads=torch.get_num_interop_threads(),
         stopped_early=len(history) < spec.epochs,
         phases=phases,
     )
