@@ -17,7 +17,6 @@ import json
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from benchkit import git_revision
 from sweep.blocknet import BlockNet
 from sweep.data import Task, make_task
 from sweep.models import ModelDef, make_model_def
@@ -124,15 +124,6 @@ PLAIN: dict[str, Callable[[nn.Sequential, nn.Sequential, OptimizerSpec], Step]] 
 def plain_step(net: BlockNet, strategy: str, spec: OptimizerSpec) -> Step:
     blocks = list(net.blocks.values())
     return PLAIN[strategy](nn.Sequential(*blocks[:FROZEN_DEPTH]), nn.Sequential(*blocks[FROZEN_DEPTH:], net.head), spec)
-
-
-def git_revision() -> str | None:
-    try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return done.stdout.strip()
 
 
 def main() -> None:

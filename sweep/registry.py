@@ -1,7 +1,9 @@
 """Name -> implementation tables, so a new variant is one class and one yaml file."""
 
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sweep.errors import ConfigError, choice_error
@@ -9,24 +11,46 @@ from sweep.errors import ConfigError, choice_error
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class ImportPath:
+    """An entry not imported yet: `package.module:attribute`."""
+
+    target: str
+
+    def load(self) -> Any:
+        module, _, attribute = self.target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, T | ImportPath] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(entry: T) -> T:
-            if name in self._entries:
-                raise RuntimeError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = entry
+            self._add(name, entry)
             return entry
 
         return add
 
+    def register_lazy(self, name: str, target: str) -> None:
+        """Register `package.module:attribute`, imported on first use, so a heavy library (torchvision)
+        loads only when its entry is chosen, not whenever the registry's module is imported."""
+        self._add(name, ImportPath(target))
+
+    def _add(self, name: str, entry: T | ImportPath) -> None:
+        if name in self._entries:
+            raise RuntimeError(f"{self.kind} {name!r} registered twice")
+        self._entries[name] = entry
+
     def get(self, name: str) -> T:
         if name not in self._entries:
             raise choice_error(self.kind, name, self._entries)
-        return self._entries[name]
+        entry = self._entries[name]
+        if isinstance(entry, ImportPath):
+            entry = self._entries[name] = entry.load()
+        return entry
 
     def build(self, name: str, options: Mapping[str, Any], *args: Any, **fixed: Any) -> Any:
         """Call entry `name` with the code's `args`/`fixed` and the user's config `options`.

@@ -121,6 +121,7 @@ class StrategyStudy:
                 STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
         trial.set_user_attr("worker", WORKER)
         self._best = self._best_so_far()
+        self._bar.set_postfix(trial=trial.number, epoch=f"0/{spec.epochs}", best=self._best)  # visible from the start
         with self.plan.tracker.trial_run(f"{self.strategy}-{trial.number}", tags, flatten(config),
                                          run_id=trial.user_attrs.get("mlflow_run_id")) as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)

@@ -6,7 +6,7 @@ The tags and metric names here are the contract the report reads back.
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweep.errors import ConfigError, one_line
+from sweep.stages import stage
 from sweep.train import EpochMetrics
 from sweep.trial import TrialResult
 
@@ -51,8 +52,11 @@ def quiet_mlflow() -> None:
 def check_reachable(uri: str) -> None:
     """Talk to the tracking store once, so an unreachable or malformed URI fails before any work."""
     quiet_mlflow()
+    database = sqlite_path(uri)
+    new = database is not None and not database.exists()
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with stage(f"creating the MLflow database {database}") if new else nullcontext():
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many types here: all mean "this store cannot be used"
         raise ConfigError(f"cannot use MLflow tracking URI {uri!r} ({one_line(err)[:200]}); start the server or pass "
                           "tracking.uri=URI (e.g. sqlite:////abs/path/mlflow.db or http://host:5000)") from None

@@ -40,6 +40,7 @@ def ids(tensors) -> list[int]:
 def test_every_listed_model_is_registered_with_a_config():
     assert set(LISTED) <= set(ARCHITECTURES) <= set(MODELS)
     for arch in ARCHITECTURES:
+        assert MODELS.get(arch).arch == arch  # registered lazily by name: the name must lead to its own class
         config = yaml.safe_load((CONF / f"{arch}.yaml").read_text())
         assert config["name"] == arch and set(config) == {"name", "weights", "weights_path", "input_size"}
 

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from sweep.errors import ConfigError, one_line
@@ -35,6 +34,8 @@ class Task:
 def split_off(indices: np.ndarray, targets: np.ndarray, fraction: float, seed: int,
               what: str) -> tuple[np.ndarray, np.ndarray]:
     """(rest, part): a seeded, class-stratified `fraction` of `indices` split off."""
+    from sklearn.model_selection import train_test_split  # seconds to import: only when a task is built
+
     try:
         return train_test_split(indices, test_size=fraction, random_state=seed, stratify=targets[indices])
     except ValueError as err:
@@ -65,4 +66,7 @@ def make_task(name: str, input_spec: InputSpec, base_dir: Path, **options) -> Ta
 
 
 from sweep.data import digits  # noqa: E402,F401  (registers the embedded task)
-from sweep.data import torchvision_sets  # noqa: E402,F401  (registers the torchvision data sets)
+
+# torchvision is imported only when one of its data sets is chosen: it costs seconds at start-up.
+for _name in ("cifar10", "cifar100", "mnist", "fashionmnist", "imagefolder"):
+    DATASETS.register_lazy(_name, f"sweep.data.torchvision_sets:{_name}_task")

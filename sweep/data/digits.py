@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
 from sweep.data import DATASETS, InputSpec, Task, three_way_split
@@ -19,6 +18,8 @@ NATIVE = InputSpec(channels=1, size=8, mean=(0.0,), std=(1.0,))
 
 
 def _images(input_spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits  # seconds to import: only when the task is built
+
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     if input_spec.size != NATIVE.size:

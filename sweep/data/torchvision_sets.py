@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder, VisionDataset
 from torchvision.transforms import v2
 
-from sweep.data import DATASETS, InputSpec, Task, split_off, three_way_split
+from sweep.data import InputSpec, Task, split_off, three_way_split
 from sweep.errors import ConfigError, choice_error, one_line
 from sweep.lr_split import check_fraction
 
@@ -77,17 +77,13 @@ def official_task(source: OfficialSet, name: str, input_spec: InputSpec, base_di
     return Task(name, Subset(train, rest.tolist()), Subset(train, val.tolist()), test, num_classes=len(train.classes))
 
 
-OFFICIAL_SETS = {
-    "cifar10": OfficialSet("CIFAR-10", CIFAR10),
-    "cifar100": OfficialSet("CIFAR-100", CIFAR100),
-    "mnist": OfficialSet("MNIST", MNIST),
-    "fashionmnist": OfficialSet("FashionMNIST", FashionMNIST),
-}
-for _name, _source in OFFICIAL_SETS.items():
-    DATASETS.register(_name)(partial(official_task, _source, _name))
+# The task builders sweep.data registers by name (without importing this module).
+cifar10_task = partial(official_task, OfficialSet("CIFAR-10", CIFAR10), "cifar10")
+cifar100_task = partial(official_task, OfficialSet("CIFAR-100", CIFAR100), "cifar100")
+mnist_task = partial(official_task, OfficialSet("MNIST", MNIST), "mnist")
+fashionmnist_task = partial(official_task, OfficialSet("FashionMNIST", FashionMNIST), "fashionmnist")
 
 
-@DATASETS.register("imagefolder")
 def imagefolder_task(input_spec: InputSpec, base_dir: Path, root: str | None = None, split_seed: int = 0,
                      val_fraction: float = 0.1, test_fraction: float = 0.1) -> Task:
     """A user's own images, `root/<class>/<image>`; train, val and test are all carved from them."""

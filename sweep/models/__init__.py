@@ -28,4 +28,9 @@ def make_model_def(name: str, cache_dir: Path, base_dir: Path, **options) -> Mod
 
 
 from sweep.models import digits_cnn  # noqa: E402,F401  (registers the embedded model)
-from sweep.models import torchvision_nets  # noqa: E402,F401  (registers the torchvision models)
+
+# torchvision is imported only when one of its models is chosen: it costs seconds at start-up.
+TORCHVISION_NETS = {"resnet18": "ResNet18", "resnet50": "ResNet50", "mobilenet_v3_small": "MobileNetV3Small",
+                    "efficientnet_b0": "EfficientNetB0", "convnext_tiny": "ConvNeXtTiny", "vit_b_16": "ViTB16"}
+for _arch, _class in TORCHVISION_NETS.items():
+    MODELS.register_lazy(_arch, f"sweep.models.torchvision_nets:{_class}")

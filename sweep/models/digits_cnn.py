@@ -16,6 +16,7 @@ from sweep.data.digits import NATIVE, SOURCE_CLASSES, source_dataset
 from sweep.measure import StepTimer
 from sweep.models import MODELS, ModelDef
 from sweep.selection import FrozenSet
+from sweep.stages import stage
 from sweep.strategies import FullFinetune
 from sweep.train import Trainer
 
@@ -71,7 +72,8 @@ class DigitsCnn(ModelDef):
     def backbone_weights(self) -> dict[str, torch.Tensor]:
         path = self.cache_path()
         if not path.exists():
-            state = self._pretrain()
+            with stage(f"pretraining digits_cnn on digits 0-4, once (cached as {path})"):
+                state = self._pretrain()
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save(state, partial)

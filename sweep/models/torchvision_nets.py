@@ -29,7 +29,7 @@ from torchvision.models.vision_transformer import VisionTransformer, interpolate
 from sweep.blocknet import BlockNet
 from sweep.data import InputSpec
 from sweep.errors import ConfigError, choice_error, one_line
-from sweep.models import MODELS, ModelDef
+from sweep.models import ModelDef
 
 Blocks = list[tuple[str, nn.Module]]
 StateDict = dict[str, torch.Tensor]
@@ -139,15 +139,6 @@ EFFICIENTNET = Family(lambda model: _feature_blocks(model, "stage"), classifier=
 CONVNEXT = Family(_convnext_blocks, head=lambda model, fc: _seq(fc=fc), classifier="classifier.2")
 VIT = Family(_vit_blocks, head=lambda model, fc: _seq(class_token=ClassToken(), fc=fc), classifier="heads.head",
              size_options=lambda size: {"image_size": size}, adapt_state=_vit_resample)
-
-ARCHITECTURES: dict[str, Family] = {
-    "resnet18": RESNET,
-    "resnet50": RESNET,
-    "mobilenet_v3_small": MOBILENET_V3,
-    "efficientnet_b0": EFFICIENTNET,
-    "convnext_tiny": CONVNEXT,
-    "vit_b_16": VIT,
-}
 
 
 def weights_member(arch: str, name: str) -> WeightsEnum:
@@ -274,6 +265,17 @@ class TorchvisionNet(ModelDef):
         return self.family.to_blocknet(model, nn.Linear(old.in_features, num_classes))
 
 
-# One ModelDef class per architecture, so `MODELS.get(name)` stays a class like every other entry.
-for _arch, _family in ARCHITECTURES.items():
-    MODELS.register(_arch)(type(f"Torchvision_{_arch}", (TorchvisionNet,), {"arch": _arch, "family": _family}))
+# One ModelDef class per architecture, so `MODELS.get(name)` stays a class like every other entry
+# (sweep.models registers them by these names without importing this module).
+def _model_class(name: str, arch: str, family: Family) -> type[TorchvisionNet]:
+    return type(name, (TorchvisionNet,), {"arch": arch, "family": family, "__module__": __name__})
+
+
+ResNet18 = _model_class("ResNet18", "resnet18", RESNET)
+ResNet50 = _model_class("ResNet50", "resnet50", RESNET)
+MobileNetV3Small = _model_class("MobileNetV3Small", "mobilenet_v3_small", MOBILENET_V3)
+EfficientNetB0 = _model_class("EfficientNetB0", "efficientnet_b0", EFFICIENTNET)
+ConvNeXtTiny = _model_class("ConvNeXtTiny", "convnext_tiny", CONVNEXT)
+ViTB16 = _model_class("ViTB16", "vit_b_16", VIT)
+ARCHITECTURES: dict[str, Family] = {net.arch: net.family for net in
+                                    (ResNet18, ResNet50, MobileNetV3Small, EfficientNetB0, ConvNeXtTiny, ViTB16)}

@@ -1,0 +1,59 @@
+"""What `python -m sweep.run` launches: validate and open everything, then run every strategy's study.
+
+Kept apart from `sweep.run`, which only parses the command line, so that `--help` and a mistyped
+config group answer without importing torch, MLflow or scikit-learn.
+"""
+
+from pathlib import Path
+
+import optuna
+
+from sweep.config import Workspace, has_path, model_and_task, run_settings, trial_spec, without_run_settings
+from sweep.search import SearchSettings, database_storage, journal_storage
+from sweep.strategies import MECHANISMS
+from sweep.study import StrategyStudy, StudyPlan, print_summary
+from sweep.threads import share_cores, threads_for
+from sweep.tracking import Tracker, check_reachable, default_uri
+from sweep.trial import set_up
+from sweep.workers import WorkerRegistry
+
+NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy")
+
+
+def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
+    """Validate everything and open every store, before a single study or run is created."""
+    workspace = Workspace.from_config(cfg, base_dir)
+    runtime = run_settings(cfg["train"])
+    workers = WorkerRegistry(workspace.results_dir)
+    share_cores(threads_for(runtime.threads, workers.live()))  # before any torch work: checks build models
+    strategies = [cfg["strategy"]["name"]] if "strategy" in cfg else MECHANISMS.names()
+    for name in strategies:
+        MECHANISMS.get(name)
+    settings = SearchSettings.from_config(cfg["search"], lambda path: has_path(cfg, path), fixed)
+    model_def, task = model_and_task(cfg, workspace)
+    for strategy in strategies:
+        set_up(trial_spec(cfg, strategy, cfg["seed"]), task, model_def)
+
+    tracking_uri = cfg["tracking"]["uri"] or default_uri(workspace.results_dir)
+    shared_storage = database_storage(settings.storage) if settings.storage is not None else None
+    workspace.results_dir.mkdir(parents=True, exist_ok=True)
+    check_reachable(tracking_uri)
+    storage = shared_storage or journal_storage(workspace.results_dir)
+    trial_config = {k: v for k, v in without_run_settings(cfg).items() if k not in NOT_TRIAL_CONFIG}
+    experiment = str(cfg["experiment"])  # `experiment=nan` or `=2024` arrive as numbers from the command line
+    study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
+                           task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"]),
+                           workspace, runtime, workers)
+    study_plan.check_studies()
+    workers.register()
+    return study_plan
+
+
+def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
+    """Every strategy's study in turn, then the end-of-run table."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress bar and summary say it; failures get one line each
+    study_plan = plan(cfg, base_dir, fixed)
+    studies = [StrategyStudy(study_plan, strategy) for strategy in study_plan.strategies]
+    for study in studies:
+        study.run()
+    print_summary(study_plan, studies)
