@@ -37,11 +37,12 @@ class Progress:
     phases: list[PhaseResult] = field(default_factory=list)  # started so far; the last one may be running
     earlier_step_times_s: list[float] = field(default_factory=list)  # timed steps of earlier processes
     earlier_wall_time_s: float = 0.0
+    earlier_peak_memory: dict[str, int] = field(default_factory=dict)  # earlier processes' `PeakMemory` readings
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> "Progress":
         return cls([EpochMetrics(**m) for m in saved["history"]], [PhaseResult(**p) for p in saved["phases"]],
-                   saved["earlier_step_times_s"], saved["earlier_wall_time_s"])
+                   saved["earlier_step_times_s"], saved["earlier_wall_time_s"], saved.get("earlier_peak_memory", {}))
 
 
 def structure(net: BlockNet, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """Measurements every trial records: device time, FLOPs, memory and frozen-weight drift."""
 
 import copy
+import ctypes
+import gc
 import statistics
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -78,11 +81,114 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def held_bytes(net: nn.Module, optimizer: torch.optim.Optimizer, extra: int = 0) -> int:
-    """Bytes held by parameters, their gradients, optimizer state and the mechanism's own copies."""
+    """Bytes held by parameters, their gradients, optimizer state and the mechanism's own copies: exact, the same on
+    every device, and blind to activations (see `PeakMemory` for what training really peaks at)."""
     params = list(net.parameters())
     grads = [p.grad for p in params if p.grad is not None]
     state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
     return tensor_bytes(params) + tensor_bytes(grads) + tensor_bytes(state) + extra
+
+
+class PeakMemory:
+    """The highest memory use during the spans it measures (a trial's training passes), as metrics by name.
+
+    This base measures nothing: where neither the kernel nor the device keeps a peak, none is recorded.
+    """
+
+    def __init__(self) -> None:
+        self._peak: int | None = None
+
+    def start(self) -> None:
+        """A span begins."""
+
+    def stop(self) -> None:
+        """The span ends: its peak counts."""
+
+    def readings(self) -> dict[str, int]:
+        return {}
+
+    def _note(self, peak: int) -> None:
+        self._peak = max(peak, self._peak or 0)
+
+
+class ProcessPeakRss(PeakMemory):
+    """The process's peak resident memory (Linux's VmHWM): activations, data, the interpreter and libraries, all of it.
+
+    Linux tracks the high-water mark exactly and lets a process reset it to its current
+    resident set (`/proc/self/clear_refs`), so a span sees only its own peak, not the
+    process's lifetime one. Memory earlier trials freed is handed back first, and the
+    resident set then is the trial's start: `peak_rss_growth_bytes` is what the trial
+    added at its peak (its model, optimizer state, batches and activations), the figure
+    to compare between trials of one process; `peak_rss_bytes` is what the machine needed.
+    """
+
+    CLEAR_REFS = Path("/proc/self/clear_refs")
+    STATUS = Path("/proc/self/status")
+
+    def __init__(self) -> None:
+        super().__init__()
+        release_freed_memory()
+        self.start_bytes = self._status("VmRSS")
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            cls.CLEAR_REFS.write_text("5")
+        except OSError:  # not Linux, or a sandbox that does not offer it
+            return False
+        return True
+
+    def start(self) -> None:
+        self.CLEAR_REFS.write_text("5")
+
+    def stop(self) -> None:
+        self._note(self._status("VmHWM"))
+
+    def readings(self) -> dict[str, int]:
+        if self._peak is None:
+            return {}
+        return {"peak_rss_bytes": self._peak, "peak_rss_growth_bytes": self._peak - self.start_bytes}
+
+    def _status(self, field: str) -> int:
+        for line in self.STATUS.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+        raise RuntimeError(f"no {field} in {self.STATUS}")
+
+
+class CudaPeakAllocated(PeakMemory):
+    """The most memory tensors held at once on the CUDA device (`torch.cuda.max_memory_allocated`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+
+    def start(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def stop(self) -> None:
+        self._note(torch.cuda.max_memory_allocated(self.device))
+
+    def readings(self) -> dict[str, int]:
+        return {} if self._peak is None else {"peak_cuda_allocated_bytes": self._peak}
+
+
+def release_freed_memory() -> None:
+    """Free unreachable cycles, then ask glibc's allocator to return what it keeps after frees (other C libraries:
+    nothing to ask)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def make_peak_memory(device: torch.device) -> PeakMemory:
+    if device.type == "cuda":
+        return CudaPeakAllocated(device)
+    if device.type == "cpu" and ProcessPeakRss.available():
+        return ProcessPeakRss()
+    return PeakMemory()
 
 
 class DriftProbe:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from sweep.errors import TrialDiverged
-from sweep.measure import StepTimer
+from sweep.measure import PeakMemory, StepTimer
 from sweep.strategies import Mechanism
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -30,7 +30,8 @@ EpochCallback = Callable[[EpochMetrics], bool | None]
 class Trainer:
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, mechanism: Mechanism,
                  timer: StepTimer, device: torch.device, scheduler: LRScheduler | None = None,
-                 grad_clip_norm: float | None = None, eval_mode_modules: Sequence[nn.Module] = ()) -> None:
+                 grad_clip_norm: float | None = None, eval_mode_modules: Sequence[nn.Module] = (),
+                 memory: PeakMemory | None = None) -> None:
         self.net = net
         self.optimizer = optimizer
         self.mechanism = mechanism
@@ -39,6 +40,7 @@ class Trainer:
         self.scheduler = scheduler
         self.grad_clip_norm = grad_clip_norm
         self.eval_mode_modules = eval_mode_modules
+        self.memory = memory or PeakMemory()  # measures the training passes only, not validation
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self.timer.start()
@@ -61,10 +63,12 @@ class Trainer:
             module.eval()
         loss_sum = torch.zeros((), device=self.device)
         samples = 0
+        self.memory.start()
         for inputs, targets in batches:
             inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             loss_sum += self.step(inputs, targets) * len(targets)
             samples += len(targets)
+        self.memory.stop()
         mean_loss = loss_sum.item() / samples
         if not math.isfinite(mean_loss):
             raise TrialDiverged(f"training loss became {mean_loss}; the learning rate is probably too high")

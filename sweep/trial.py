@@ -17,7 +17,7 @@ from sweep.checkpoint import Checkpoint, Progress
 from sweep.data import Task
 from sweep.errors import ConfigError, choice_error
 from sweep.lr_split import make_lr_split, param_groups
-from sweep.measure import Timing, flops_per_step, held_bytes, make_timer
+from sweep.measure import Timing, flops_per_step, held_bytes, make_peak_memory, make_timer
 from sweep.models import ModelDef
 from sweep.optim import OptimizerSpec, make_optimizer
 from sweep.phases import GroupsFor, Phase, PhaseDrift, PhasePlan, PhaseResult
@@ -84,7 +84,7 @@ class TrialResult:
     step_time_ms: float
     samples_per_s: float
     flops_per_step: int  # mean over the training steps when phases differ
-    peak_memory_bytes: int
+    held_bytes: int  # params, grads, optimizer state and the mechanism's copies at the end: exact, no activations
     trainable_params: int  # at the start (first phase)
     frozen_params: int
     frozen_weight_drift: float | None  # max over phases; None: nothing was frozen
@@ -93,11 +93,12 @@ class TrialResult:
     torch_interop_threads: int
     stopped_early: bool
     phases: list[PhaseResult] = field(default_factory=list)
+    peak_memory: dict[str, int] = field(default_factory=dict)  # over the training passes: `sweep.measure.PeakMemory`
 
     def final_metrics(self) -> dict[str, float]:
         """Flat metrics for the trackers; a trial of several phases adds `phase<N>.<metric>` for each."""
         final = {k: v for k, v in asdict(self).items()
-                 if k not in ("history", "stopped_early", "phases") and v is not None}
+                 if k not in ("history", "stopped_early", "phases", "peak_memory") and v is not None} | self.peak_memory
         if len(self.phases) > 1:
             final |= {f"phase{p.phase}.{key}": getattr(p, key) for p in self.phases for key in PHASE_METRICS
                       if getattr(p, key) is not None}
@@ -108,12 +109,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def peak_memory(device: torch.device, net: nn.Module, optimizer: torch.optim.Optimizer, extra: int) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return held_bytes(net, optimizer, extra)
 
 
 @dataclass
@@ -224,8 +219,14 @@ class PhasedRun:
     def wall_time_s(self) -> float:
         return self.progress.earlier_wall_time_s + time.perf_counter() - self.started
 
+    def peak_memory(self) -> dict[str, int]:
+        """The peaks of this process and of the earlier ones that ran this trial."""
+        earlier, now = self.progress.earlier_peak_memory, self.trainer.memory.readings()
+        return {key: max(earlier.get(key, 0), now.get(key, 0)) for key in earlier.keys() | now.keys()}
+
     def progress_so_far(self) -> Progress:
-        return replace(self.progress, earlier_step_times_s=self.step_times_s(), earlier_wall_time_s=self.wall_time_s())
+        return replace(self.progress, earlier_step_times_s=self.step_times_s(), earlier_wall_time_s=self.wall_time_s(),
+                       earlier_peak_memory=self.peak_memory())
 
 
 def _max_or_none(values: list[float | None]) -> float | None:
@@ -244,6 +245,7 @@ def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochC
 def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None,
          checkpoint_dir: Path | None) -> TrialResult:
     started = time.perf_counter()
+    memory = make_peak_memory(resolve_device(spec.device))  # first: it hands back what earlier trials freed
     setup = set_up(spec, task, model_def)
     net, mechanism, optimizer, device = setup.net, setup.mechanism, setup.optimizer, setup.device
 
@@ -255,18 +257,15 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
 
     timer = make_timer(device)
     trainer = Trainer(net, optimizer, mechanism, timer, device, setup.scheduler, spec.grad_clip_norm,
-                      eval_mode_modules=held_norms(spec, net, setup.frozen))
+                      eval_mode_modules=held_norms(spec, net, setup.frozen), memory=memory)
     checkpoint = Checkpoint(checkpoint_dir, repr(spec)) if checkpoint_dir is not None else None
     run = PhasedRun(spec, setup, trainer, probe_batch, shuffling, checkpoint, started)
     run.resume()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     trainer.fit(train_loader, val_loader, range(len(run.progress.history) + 1, spec.epochs + 1),
                 on_epoch=lambda metrics: run.end_epoch(metrics, on_epoch), on_epoch_start=run.start_epoch)
     history, phases = run.progress.history, run.progress.phases
     timing = Timing.from_steps(run.step_times_s(), samples=len(task.train) * len(history))
-    memory = peak_memory(device, net, optimizer, mechanism.held_bytes())
     test_accuracy = trainer.accuracy(test_loader)
     if checkpoint is not None:
         checkpoint.discard()
@@ -281,7 +280,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
         step_time_ms=timing.step_time_ms,
         samples_per_s=timing.samples_per_s,
         flops_per_step=round(sum(p.flops_per_step * p.epochs for p in phases) / len(history)),
-        peak_memory_bytes=memory,
+        held_bytes=held_bytes(net, optimizer, mechanism.held_bytes()),
         trainable_params=sum(p.numel() for p in net.parameters()) - n_frozen,
         frozen_params=n_frozen,
         frozen_weight_drift=_max_or_none([p.frozen_weight_drift for p in phases]),
@@ -290,4 +289,5 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
         torch_interop_threads=torch.get_num_interop_threads(),
         stopped_early=len(history) < spec.epochs,
         phases=phases,
+        peak_memory=run.peak_memory(),
     )

@@ -3,7 +3,7 @@
 The rules (the report states them too):
 - counts come from Optuna's trial states;
 - compute spent (totals), the drift maxima and the medians of per-step costs (step time, samples/s, FLOPs per
-  step, peak memory) cover every trial that recorded the metric, whatever its state: a pruned trial's time was
+  step, memory) cover every trial that recorded the metric, whatever its state: a pruned trial's time was
   spent, its steps cost what any step costs, and a frozen layer that moved in it did move;
 - the best trial and the medians and range of per-trial outcomes (accuracies, train time) cover finished
   trials only, so a trial cut short does not drag them down.
@@ -33,8 +33,9 @@ AGGREGATES = (
     Aggregate("total", sum, False, ("train_time_s", "wall_time_s", "train_flops_est")),
     Aggregate("median", statistics.median, True, ("val_accuracy", "test_accuracy", "train_time_s", "trainable_params",
                                                    "frozen_params")),
-    Aggregate("median", statistics.median, False, ("step_time_ms", "samples_per_s", "flops_per_step",
-                                                    "peak_memory_bytes")),
+    Aggregate("median", statistics.median, False, ("step_time_ms", "samples_per_s", "flops_per_step", "held_bytes",
+                                                    "peak_rss_bytes", "peak_rss_growth_bytes",
+                                                    "peak_cuda_allocated_bytes")),
     Aggregate("max", max, False, ("frozen_weight_drift", "frozen_buffer_drift")),
 )
 RELATIVE = ("step_time_ms", "flops_per_step")  # median over the baseline's median

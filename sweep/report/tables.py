@@ -7,6 +7,7 @@ from sweep.report.palette import Style
 from sweep.report.summary import BASELINE, Comparison, StrategySummary
 
 Cell = Callable[[StrategySummary], str]
+NOT_RECORDED = "not recorded"
 
 
 def fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -67,7 +68,10 @@ COST = (
     Column("median samples/s", _value("median_samples_per_s", ",.0f")),
     Column("FLOPs per step", lambda s: si(s.value("median_flops_per_step"), "FLOP")),
     Column(f"FLOPs vs {BASELINE}", _value(f"flops_per_step_vs_{BASELINE}", ".2f", "x")),
-    Column("median peak memory (MiB)", lambda s: fmt(_mib(s.value("median_peak_memory_bytes")), ".2f")),
+    Column("median held memory (MiB)", lambda s: _mib(s, "median_held_bytes")),
+    Column("median peak memory the trial added (MiB)",
+           lambda s: _mib(s, "median_peak_rss_growth_bytes", "median_peak_cuda_allocated_bytes")),
+    Column("median peak RSS of the process (MiB)", lambda s: _mib(s, "median_peak_rss_bytes")),
 )
 FROZEN = (
     STRATEGY,
@@ -85,8 +89,10 @@ EQUIVALENCE = (
 )
 
 
-def _mib(value: float | None) -> float | None:
-    return None if value is None else value / 2**20
+def _mib(s: StrategySummary, *keys: str) -> str:
+    """The first of `keys` the records hold, in MiB; memory figures older sweeps did not record say so."""
+    value = next((v for v in map(s.value, keys) if v is not None), None)
+    return NOT_RECORDED if value is None else f"{value / 2**20:.2f}"
 
 
 def _best_params(searched: Sequence[str]) -> list[Column]:
@@ -112,7 +118,11 @@ TABLES = (
     TableSpec("cost", "Cost", "Compute spent sums every trial, pruned and failed ones included; training FLOPs are "
               "FLOPs per sample (from one counted batch) times the samples trained. Per-step medians (step time, "
               "samples/s, FLOPs, memory) cover every measured trial, the train-time median finished trials only. "
-              "Times were measured on the device named in the setup.", lambda _: COST),
+              "Times were measured on the device named in the setup. Held memory: parameters, gradients, optimizer "
+              "state and the mechanism's copies (exact, no activations). Peak memory the trial added, over its "
+              "training passes: on a CPU the growth of the process's resident memory from the trial's start to its "
+              "peak (activations, batches and all), on CUDA the most memory tensors held at once. Peak RSS: the "
+              "whole process at that peak, interpreter and libraries included.", lambda _: COST),
     TableSpec("frozen", "Did the frozen layers stay frozen?", "Largest absolute change of any frozen weight or "
               "BatchNorm running statistic over every trial; 0 means it really stayed frozen.", lambda _: FROZEN),
     TableSpec("equivalence", "Equivalence of the mechanisms", "Paired trials: the same trial number (same seed) "

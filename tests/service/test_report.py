@@ -21,7 +21,7 @@ FREEZING = [name for name in MECHANISMS.names() if MECHANISMS.get(name).freezes]
 BASELINE = "full_finetune"
 STATES = ("finished", "pruned", "failed", "running")
 OUTCOME_MEDIANS = ("val_accuracy", "test_accuracy", "train_time_s", "trainable_params", "frozen_params")
-STEP_MEDIANS = ("step_time_ms", "samples_per_s", "flops_per_step", "peak_memory_bytes")
+STEP_MEDIANS = ("step_time_ms", "samples_per_s", "flops_per_step", "held_bytes", "peak_rss_bytes", "peak_rss_growth_bytes")
 TOTALS = ("train_time_s", "wall_time_s", "train_flops_est")
 MAXIMA = ("frozen_weight_drift", "frozen_buffer_drift")
 

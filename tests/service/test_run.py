@@ -12,7 +12,8 @@ from sweep.strategies import MECHANISMS
 FREEZING = [name for name in MECHANISMS.names() if MECHANISMS.get(name).freezes]
 TRIAL_TAGS = {"strategy", "lr_split", "device", "sweep.role", "optuna.study_name", "optuna.trial_number", "sweep.state"}
 FINAL_METRICS = {"val_accuracy", "train_loss", "test_accuracy", "train_time_s", "wall_time_s", "step_time_ms",
-                 "samples_per_s", "flops_per_step", "peak_memory_bytes", "trainable_params", "frozen_params"}
+                 "samples_per_s", "flops_per_step", "held_bytes", "peak_rss_bytes", "peak_rss_growth_bytes",
+                 "trainable_params", "frozen_params", "torch_threads", "torch_interop_threads"}
 DRIFT_METRICS = {"frozen_weight_drift", "frozen_buffer_drift"}
 
 
