@@ -8,7 +8,10 @@ from pathlib import Path
 
 import optuna
 
-from sweep.config import Workspace, has_path, model_and_task, run_settings, trial_spec, without_run_settings
+from sweep.config import (Workspace, has_path, model_and_task, run_settings, split_name, trial_spec,
+                          without_run_settings)
+from sweep.executors import make_executor
+from sweep.job import TrialInputs
 from sweep.search import SearchSettings, database_storage, journal_storage
 from sweep.strategies import MECHANISMS
 from sweep.study import StrategyStudy, StudyPlan, print_summary
@@ -17,7 +20,7 @@ from sweep.tracking import Tracker, check_reachable, default_uri
 from sweep.trial import set_up
 from sweep.workers import WorkerRegistry
 
-NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy")
+NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy", "executor")
 
 
 def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
@@ -30,6 +33,8 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     for name in strategies:
         MECHANISMS.get(name)
     settings = SearchSettings.from_config(cfg["search"], lambda path: has_path(cfg, path), fixed)
+    executor = make_executor(*split_name(cfg["executor"], "executor"))
+    executor.check()
     model_def, task = model_and_task(cfg, workspace)
     for strategy in strategies:
         set_up(trial_spec(cfg, strategy, cfg["seed"]), task, model_def)
@@ -43,17 +48,16 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     experiment = str(cfg["experiment"])  # `experiment=nan` or `=2024` arrive as numbers from the command line
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
                            task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"]),
-                           workspace, runtime, workers)
+                           workspace, runtime, workers, executor)
     study_plan.check_studies()
     workers.register()
     return study_plan
 
 
 def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
-    """Every strategy's study in turn, then the end-of-run table."""
+    """Every strategy's study, its trials run by the executor, then the end-of-run table."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress bar and summary say it; failures get one line each
     study_plan = plan(cfg, base_dir, fixed)
     studies = [StrategyStudy(study_plan, strategy) for strategy in study_plan.strategies]
-    for study in studies:
-        study.run()
+    study_plan.executor.run(studies, TrialInputs(study_plan.model_def, study_plan.task))
     print_summary(study_plan, studies)

@@ -2,8 +2,9 @@
 
 import statistics
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,13 @@ from tqdm import tqdm
 
 from sweep.config import Workspace, flatten, trial_spec, with_values
 from sweep.data import Task
+from sweep.executors import Executor
+from sweep.job import TrialJob, TrialOutcome
 from sweep.models import ModelDef
-from sweep.search import (FINAL_STATES, SearchSettings, check_study, finished_trials, fingerprint_of, open_study,
-                          study_name)
-from sweep.threads import threads_for
-from sweep.tracking import STUDY, TRIAL_NUMBER, Tracker, TrialRun
+from sweep.search import SearchSettings, check_study, finished_trials, fingerprint_of, open_study, study_name
+from sweep.tracking import STUDY, TRIAL_NUMBER, Tracker
 from sweep.train import EpochMetrics
-from sweep.trial import RunSettings, resolve_device, run_trial
+from sweep.trial import RunSettings
 from sweep.workers import WORKER, WorkerRegistry, worker_is_dead
 
 BASELINE = "full_finetune"
@@ -41,12 +42,9 @@ class StudyPlan:
     task: Task
     tracker: Tracker
     workspace: Workspace
-    run_settings: RunSettings  # threads None: share the cores among this host's live workers
+    run_settings: RunSettings  # threads None: share the cores among the workers of the host a trial runs on
     workers: WorkerRegistry
-
-    def trial_settings(self) -> RunSettings:
-        """Counted before each trial: a worker started alone gives up cores once others have started."""
-        return replace(self.run_settings, threads=threads_for(self.run_settings.threads, self.workers.live()))
+    executor: Executor
 
     @property
     def lr_split(self) -> str:
@@ -61,7 +59,18 @@ class StudyPlan:
             check_study(self.storage, study_name(self.experiment, strategy, self.lr_split), self.fingerprint())
 
 
+@dataclass
+class RunningTrial:
+    """A trial handed to an executor and not yet told to Optuna."""
+
+    trial: optuna.Trial
+    job: TrialJob
+    last_step: int | None  # the last epoch Optuna holds: a resumed attempt may report it again
+
+
 class StrategyStudy:
+    """The driver's side of one strategy's study: it asks, prunes and tells; an executor runs the trials."""
+
     def __init__(self, plan: StudyPlan, strategy: str) -> None:
         self.plan = plan
         self.strategy = strategy
@@ -69,90 +78,105 @@ class StrategyStudy:
         self.study = open_study(plan.storage, self.name, plan.settings, plan.fingerprint())
         self._bar: tqdm | None = None
         self._best = "-"  # best val accuracy for the progress bar; it can only change between trials
+        self._parent_run_id: str | None = None
+        self._to_resume: list[FrozenTrial] = []
+        self._to_ask = 0
+        self._running: dict[str, RunningTrial] = {}
 
-    def run(self) -> None:
-        """Top the study up to `n_trials` finished trials (a second run of the same command adds none).
+    @contextmanager
+    def session(self, position: int | None = None) -> Iterator[None]:
+        """While open, `next_job` tops the study up to `n_trials` finished trials (a second run adds none).
 
         Trials whose worker on this host died (killed, out of memory, power cut)
-        are finished first, from their last checkpoint, as the same Optuna
-        trial and the same MLflow run.
+        come first, from their last checkpoint, as the same Optuna trial and the
+        same MLflow run. The study's parent run and progress bar are open only
+        when there is something to run; `position` stacks the bars of studies run at once.
         """
-        interrupted = self._interrupted_trials()
-        remaining = self.plan.settings.n_trials - len(finished_trials(self.study)) - len(interrupted)
-        if remaining <= 0 and not interrupted:
+        self._to_resume = self._interrupted_trials()
+        self._to_ask = max(self.plan.settings.n_trials - len(finished_trials(self.study)) - len(self._to_resume), 0)
+        if not self._to_ask and not self._to_resume:
+            yield
             return
         tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split}
-        with self.plan.tracker.study_run(self.name, tags), tqdm(total=max(remaining, 0) + len(interrupted),
-                                                                 desc=self.strategy, unit="trial",
-                                                                 dynamic_ncols=True) as self._bar:
-            for frozen in interrupted:
-                self._resume(frozen)
-                self._bar.update()
-            if remaining > 0:
-                # Workers sharing the study stop once it holds n_trials, whoever ran them.
-                enough = optuna.study.MaxTrialsCallback(self.plan.settings.n_trials, states=FINAL_STATES)
-                self.study.optimize(self._objective, n_trials=remaining, catch=(Exception,),
-                                    callbacks=[lambda study, trial: self._bar.update(), enough])
+        with self.plan.tracker.study_run(self.name, tags) as self._parent_run_id, \
+                tqdm(total=self._to_ask + len(self._to_resume), desc=self.strategy, unit="trial", position=position,
+                     dynamic_ncols=True) as self._bar:
+            yield
+
+    def next_job(self) -> TrialJob | None:
+        """The next trial to run, or None when this session has handed out all it should."""
+        if self._to_resume:
+            frozen = self._to_resume.pop(0)
+            return self._start(optuna.Trial(self.study, frozen._trial_id), frozen.last_step)
+        # Workers sharing the study stop once it holds n_trials, whoever ran them.
+        if self._to_ask and len(finished_trials(self.study)) < self.plan.settings.n_trials:
+            self._to_ask -= 1
+            return self._start(self.study.ask(), None)
+        return None
+
+    def report_epoch(self, key: str, metrics: EpochMetrics) -> bool:
+        """An epoch of a running trial, from wherever it runs; True: prune it."""
+        running = self._running[key]
+        self._bar.set_postfix(trial=running.trial.number, epoch=f"{metrics.epoch}/{running.job.spec.epochs}",
+                              val=f"{metrics.val_accuracy:.3f}", best=self._best)
+        if self.plan.settings.multi_objective:
+            return False
+        if running.last_step is None or metrics.epoch > running.last_step:
+            running.trial.report(metrics.val_accuracy, metrics.epoch)
+            running.last_step = metrics.epoch
+        return running.trial.should_prune()
+
+    def finish(self, key: str, outcome: TrialOutcome) -> None:
+        """Tell Optuna how a trial ended, as `study.optimize(catch=...)` would: a failure fails that trial only."""
+        running = self._running.pop(key)
+        trial = running.trial
+        if outcome.error is not None:
+            if not outcome.run_ended:
+                self.plan.tracker.fail_trial_run(running.job.run_id)
+            trial.set_user_attr("error", outcome.error)
+            self._bar.write(f"{self.strategy}: trial {trial.number} failed: {outcome.error}", file=sys.stderr)
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            result = outcome.result
+            for name, value in result.final_metrics().items():
+                trial.set_user_attr(name, value)
+            if result.stopped_early:
+                self.study.tell(trial, state=TrialState.PRUNED)
+            elif self.plan.settings.multi_objective:
+                self.study.tell(trial, (result.val_accuracy, result.train_time_s))
+            else:
+                self.study.tell(trial, result.val_accuracy)
+        self._bar.update()
 
     def _interrupted_trials(self) -> list[FrozenTrial]:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return [t for t in running if worker_is_dead(t.user_attrs.get("worker"))]
 
-    def _resume(self, frozen: FrozenTrial) -> None:
-        """Run an interrupted trial again and tell Optuna its outcome, as `study.optimize` would have."""
-        trial = optuna.Trial(self.study, frozen._trial_id)
-        try:
-            self.study.tell(trial, self._objective(trial))
-        except optuna.TrialPruned:
-            self.study.tell(trial, state=TrialState.PRUNED)
-        except Exception:  # recorded as failed, like study.optimize(catch=...) does; the sweep goes on
-            self.study.tell(trial, state=TrialState.FAIL)
+    def checkpoint_dir(self, number: int) -> Path:
+        return self.plan.workspace.results_dir / "checkpoints" / self.name / f"trial-{number}"
 
-    def checkpoint_dir(self, trial: optuna.Trial) -> Path:
-        return self.plan.workspace.results_dir / "checkpoints" / self.name / f"trial-{trial.number}"
-
-    def _objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        settings = self.plan.settings
-        values = {dim.path: dim.suggest(trial) for dim in settings.space}
+    def _start(self, trial: optuna.Trial, last_step: int | None) -> TrialJob:
+        """Sample (or, for an interrupted trial, recall) its hyperparameters and give it an MLflow run."""
+        values = {dim.path: dim.suggest(trial) for dim in self.plan.settings.space}
         config = with_values(self.plan.trial_config, values)
         spec = trial_spec(config, self.strategy, self.plan.seed + trial.number)
-        tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split, "device": str(resolve_device(spec.device)),
-                "model.pretrained": str(self.plan.model_def.pretrained).lower(),
-                STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
         trial.set_user_attr("worker", WORKER)
         self._best = self._best_so_far()
         self._bar.set_postfix(trial=trial.number, epoch=f"0/{spec.epochs}", best=self._best)  # visible from the start
-        with self.plan.tracker.trial_run(f"{self.strategy}-{trial.number}", tags, flatten(config),
-                                         run_id=trial.user_attrs.get("mlflow_run_id")) as run:
-            trial.set_user_attr("mlflow_run_id", run.run_id)
-            try:
-                result = run_trial(spec, self.plan.task, self.plan.model_def,
-                                   on_epoch=lambda metrics: self._after_epoch(trial, run, metrics, spec.epochs),
-                                   checkpoint_dir=self.checkpoint_dir(trial), settings=self.plan.trial_settings())
-            except Exception as err:
-                run.set_state("failed")
-                trial.set_user_attr("error", f"{type(err).__name__}: {err}")
-                self._bar.write(f"{self.strategy}: trial {trial.number} failed: {type(err).__name__}: {err}",
-                                file=sys.stderr)
-                raise
-            run.log_result(result)
-            for key, value in result.final_metrics().items():
-                trial.set_user_attr(key, value)
-            run.set_state("pruned" if result.stopped_early else "finished")
-        if result.stopped_early:
-            raise optuna.TrialPruned(f"val_accuracy {result.val_accuracy:.4f} at epoch {len(result.history)}")
-        if settings.multi_objective:
-            return result.val_accuracy, result.train_time_s
-        return result.val_accuracy
-
-    def _after_epoch(self, trial: optuna.Trial, run: TrialRun, metrics: EpochMetrics, epochs: int) -> bool:
-        run.log_epoch(metrics)
-        self._bar.set_postfix(trial=trial.number, epoch=f"{metrics.epoch}/{epochs}",
-                              val=f"{metrics.val_accuracy:.3f}", best=self._best)
-        if self.plan.settings.multi_objective:
-            return False
-        trial.report(metrics.val_accuracy, metrics.epoch)
-        return trial.should_prune()
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id is None:
+            tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split,
+                    "model.pretrained": str(self.plan.model_def.pretrained).lower(),
+                    STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
+            run_id = self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags,
+                                                        flatten(config))
+            trial.set_user_attr("mlflow_run_id", run_id)
+        checkpoint_dir = self.checkpoint_dir(trial.number)
+        checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+        job = TrialJob(f"{self.name}#{trial.number}", spec, self.plan.run_settings, run_id, self.plan.tracker.uri,
+                       self.plan.tracker.system_metrics, checkpoint_dir)
+        self._running[job.key] = RunningTrial(trial, job, last_step)
+        return job
 
     def _best_so_far(self) -> str:
         """One storage query, once per trial: with shared PostgreSQL studies this must stay off the epoch path."""

@@ -10,8 +10,11 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context import registry as run_context
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from sweep.errors import ConfigError, one_line
 from sweep.stages import stage
@@ -22,6 +25,10 @@ ROLE = "sweep.role"
 STUDY = "optuna.study_name"
 TRIAL_NUMBER = "optuna.trial_number"
 STATE = "sweep.state"  # finished | pruned | failed
+DEVICE = "device"  # what a trial trained on: known only where it runs
+NODE = "sweep.node"  # where a trial's latest attempt ran: the Ray node id, or the host name when run locally
+WORKER = "sweep.worker"  # host:pid of the process that ran it
+PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
 def default_uri(results_dir: Path) -> str:
@@ -118,16 +125,37 @@ class Tracker:
 
     @contextmanager
     def study_run(self, study_name: str, tags: dict[str, str]) -> Iterator[str]:
-        """The parent run of a study; running the sweep again, or another worker, continues the same parent."""
-        run_id = self._study_run_id(study_name) or self._create_study_run(study_name, tags)
-        with mlflow.start_run(run_id=run_id) as run:
-            yield run.info.run_id
+        """The parent run of a study; running the sweep again, or another worker, continues the same parent.
 
-    @contextmanager
-    def trial_run(self, name: str, tags: dict[str, str], params: dict[str, object],
-                  run_id: str | None = None) -> Iterator[TrialRun]:
-        """A nested run (`run_id`: continue an interrupted trial's); an exception escaping the block ends it FAILED."""
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=True,
-                              tags={ROLE: "trial", **tags}, log_system_metrics=self.system_metrics) as run:
-            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-            yield TrialRun(run.info.run_id)
+        Only the client is used, never MLflow's active run: a driver keeps every strategy's parent open at once.
+        """
+        run_id = self._study_run_id(study_name) or self._create_study_run(study_name, tags)
+        self.client.update_run(run_id, status="RUNNING")
+        try:
+            yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def create_trial_run(self, parent_run_id: str, name: str, tags: dict[str, str], params: dict[str, object]) -> str:
+        """The nested run of a new trial, created by the driver so that every attempt, wherever it runs, continues it."""
+        tags = run_context.resolve_tags({ROLE: "trial", MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name,
+                                         **tags})
+        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:PARAM_LENGTH]) for k, v in params.items()])
+        return run_id
+
+    def fail_trial_run(self, run_id: str) -> None:
+        """End the run of a trial that could not report its own end (every attempt's worker died)."""
+        self.client.set_tag(run_id, STATE, "failed")
+        self.client.set_terminated(run_id, "FAILED")
+
+
+@contextmanager
+def continue_trial_run(uri: str, run_id: str, tags: dict[str, str], system_metrics: bool) -> Iterator[TrialRun]:
+    """One attempt at a trial, in whatever process runs it; an exception escaping the block ends the run FAILED."""
+    quiet_mlflow()
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=system_metrics) as run:
+        yield TrialRun(run.info.run_id)

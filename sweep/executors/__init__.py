@@ -1,0 +1,31 @@
+"""Executors by name: where a sweep's trials run, and how many at once. Either way the `sweep.run` process is the
+driver: it owns the Optuna studies (ask, prune, tell) and hands each trial out as a `sweep.job.TrialJob`."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sweep.registry import Registry
+
+if TYPE_CHECKING:
+    from sweep.job import TrialInputs
+    from sweep.study import StrategyStudy
+
+
+class Executor(ABC):
+    def check(self) -> None:
+        """Raise `ConfigError` if trials could not run at all; called before the sweep writes anything."""
+
+    @abstractmethod
+    def run(self, studies: Sequence["StrategyStudy"], inputs: "TrialInputs") -> None:
+        """Run every trial the studies hand out (`next_job`, inside `session()`) until none is left."""
+
+
+EXECUTORS: Registry[type[Executor]] = Registry("executor")
+
+
+def make_executor(name: str, options: dict[str, Any]) -> Executor:
+    return EXECUTORS.build(name, options)
+
+
+from sweep.executors import local  # noqa: E402,F401  (registers executor=local)

@@ -1,0 +1,24 @@
+"""executor=local, the default: trials one after another in this process, strategy by strategy; no cluster."""
+
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+from sweep.executors import EXECUTORS, Executor
+
+if TYPE_CHECKING:
+    from sweep.job import TrialInputs
+    from sweep.study import StrategyStudy
+
+
+@EXECUTORS.register("local")
+class LocalExecutor(Executor):
+    def run(self, studies: Sequence["StrategyStudy"], inputs: "TrialInputs") -> None:
+        from sweep.job import Placement, run_job
+        from sweep.workers import HOST, WORKER
+
+        for study in studies:
+            with study.session():
+                while (job := study.next_job()) is not None:
+                    here = Placement(HOST, WORKER, sharing=study.plan.workers.live())
+                    study.finish(job.key, run_job(job, inputs, partial(study.report_epoch, job.key), here))

@@ -1,0 +1,105 @@
+"""A trial as a self-contained job: what the driver hands an executor, and what comes back.
+
+The driver (the `sweep.run` process) asks Optuna for a trial, creates its MLflow
+run and packs everything the trial needs into a `TrialJob`. `run_job` trains it
+wherever the executor runs it, in this process or on a Ray worker of another
+machine, and talks to the driver only through `on_epoch`: nothing here touches the
+Optuna storage, so workers need no database. Every attempt at a trial (the first,
+one after a killed sweep, one Ray retries on another node) continues the same
+MLflow run from the trial's last checkpoint.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sweep.data import Task
+from sweep.errors import ConfigError
+from sweep.models import ModelDef
+from sweep.threads import threads_for
+from sweep.tracking import DEVICE, NODE, WORKER, TrialRun, continue_trial_run
+from sweep.train import EpochMetrics
+from sweep.trial import RunSettings, TrialResult, TrialSpec, resolve_device, run_trial
+
+ReportEpoch = Callable[[EpochMetrics], bool]
+"""Hands one epoch's values to the driver; True: the driver prunes the trial, stop training."""
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial of a sweep trains on: built once by the driver, shipped once to a cluster."""
+
+    model_def: ModelDef
+    task: Task
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    key: str  # which trial an epoch report belongs to: "<study name>#<trial number>"
+    spec: TrialSpec
+    settings: RunSettings  # as configured: threads None are counted where the trial runs
+    run_id: str  # the trial's MLflow run, created by the driver
+    tracking_uri: str
+    system_metrics: bool
+    checkpoint_dir: Path  # under results_dir; its parent exists before the job is handed out
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an attempt at a trial runs, as its executor knows it."""
+
+    node: str  # the host, or the Ray node
+    worker: str  # host:pid of the process
+    sharing: int = 1  # workers that share this host's cores (train.threads unset); 1 where the executor gave cores
+
+    def tags(self) -> dict[str, str]:
+        return {NODE: self.node, WORKER: self.worker}
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    result: TrialResult | None = None
+    error: str | None = None  # "Type: message" when the trial failed
+    run_ended: bool = True  # False: no attempt could end the MLflow run (its workers died); the driver must
+
+    @classmethod
+    def lost(cls, error: str) -> "TrialOutcome":
+        return cls(error=error, run_ended=False)
+
+
+def run_job(job: TrialJob, inputs: TrialInputs, on_epoch: ReportEpoch, placement: Placement) -> TrialOutcome:
+    """One attempt at a trial: train it (from its checkpoint, if an earlier attempt left one) into its MLflow run.
+
+    The run is tagged with this attempt's node and worker. A failure is returned, not raised: it is the
+    trial's, not the executor's, and retrying elsewhere would fail the same way.
+    """
+    tags = {DEVICE: str(resolve_device(job.spec.device)), **placement.tags()}
+    # Counted before each trial: a worker started alone gives up cores once others have started.
+    settings = replace(job.settings, threads=threads_for(job.settings.threads, placement.sharing))
+    try:
+        with continue_trial_run(job.tracking_uri, job.run_id, tags, job.system_metrics) as run:
+            result = _train(job, settings, inputs, run, on_epoch)
+            run.log_result(result)
+            run.set_state("pruned" if result.stopped_early else "finished")
+    except Exception as err:  # any error inside a trial fails that trial only; the sweep goes on
+        return TrialOutcome(error=f"{type(err).__name__}: {err}")
+    return TrialOutcome(result)
+
+
+def _train(job: TrialJob, settings: RunSettings, inputs: TrialInputs, run: TrialRun,
+           on_epoch: ReportEpoch) -> TrialResult:
+    def log_and_report(metrics: EpochMetrics) -> bool:
+        run.log_epoch(metrics)
+        return on_epoch(metrics)
+
+    try:
+        if not job.checkpoint_dir.parent.is_dir():
+            raise ConfigError(f"{job.checkpoint_dir.parent} is missing where this trial runs: on a cluster, "
+                              "results_dir must be a directory every node shares, so a retried trial finds its "
+                              "checkpoint")
+        return run_trial(job.spec, inputs.task, inputs.model_def, on_epoch=log_and_report,
+                         checkpoint_dir=job.checkpoint_dir, settings=settings)
+    except Exception:
+        run.set_state("failed")
+        raise
+
