@@ -17,7 +17,7 @@ from sweep.data import Task
 from sweep.errors import ConfigError
 from sweep.models import ModelDef
 from sweep.threads import threads_for
-from sweep.tracking import DEVICE, NODE, WORKER, TrialRun, continue_trial_run
+from sweep.tracking import DEVICE, NODE, WORKER_PROCESS, TrialRun, continue_trial_run
 from sweep.train import EpochMetrics
 from sweep.trial import RunSettings, TrialResult, TrialSpec, resolve_device, run_trial
 
@@ -53,7 +53,7 @@ class Placement:
     sharing: int = 1  # workers that share this host's cores (train.threads unset); 1 where the executor gave cores
 
     def tags(self) -> dict[str, str]:
-        return {NODE: self.node, WORKER: self.worker}
+        return {NODE: self.node, WORKER_PROCESS: self.worker}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ TRIAL_NUMBER = "optuna.trial_number"
 STATE = "sweep.state"  # finished | pruned | failed
 DEVICE = "device"  # what a trial trained on: known only where it runs
 NODE = "sweep.node"  # where a trial's latest attempt ran: the Ray node id, or the host name when run locally
-WORKER = "sweep.worker"  # host:pid of the process that ran it
+WORKER_PROCESS = "sweep.worker"  # host:pid of the process that ran it
 PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 

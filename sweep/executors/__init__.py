@@ -22,10 +22,10 @@ class Executor(ABC):
 
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor")
+EXECUTORS.register_lazy("local", "sweep.executors.local:LocalExecutor")
+EXECUTORS.register_lazy("ray", "sweep.executors.ray_cluster:RayExecutor")  # Ray itself is imported only when it runs
 
 
 def make_executor(name: str, options: dict[str, Any]) -> Executor:
     return EXECUTORS.build(name, options)
 
-
-from sweep.executors import local  # noqa: E402,F401  (registers executor=local)

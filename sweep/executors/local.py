@@ -4,19 +4,16 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
-from sweep.executors import EXECUTORS, Executor
+from sweep.executors import Executor
+from sweep.job import Placement, TrialInputs, run_job
+from sweep.workers import HOST, WORKER
 
 if TYPE_CHECKING:
-    from sweep.job import TrialInputs
     from sweep.study import StrategyStudy
 
 
-@EXECUTORS.register("local")
 class LocalExecutor(Executor):
-    def run(self, studies: Sequence["StrategyStudy"], inputs: "TrialInputs") -> None:
-        from sweep.job import Placement, run_job
-        from sweep.workers import HOST, WORKER
-
+    def run(self, studies: Sequence["StrategyStudy"], inputs: TrialInputs) -> None:
         for study in studies:
             with study.session():
                 while (job := study.next_job()) is not None:

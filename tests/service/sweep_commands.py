@@ -17,9 +17,10 @@ class Completed:
     stderr: str
 
 
-def sweep_command(module: str, *args: str, cwd: Path = REPO) -> Completed:
-    """Run `python -m <module> args...` as a user would, with one thread so parallel CI stays fair."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def sweep_command(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> Completed:
+    """Run `python -m <module> args...` as a user would, with one thread so parallel CI stays fair (`env`: more
+    environment variables)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=900)
     return Completed(done.returncode, done.stdout, done.stderr)
