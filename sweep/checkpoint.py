@@ -1,4 +1,9 @@
-"""Resumable trials: one checkpoint per trial, rewritten atomically at the end of every epoch.
+"""Resumable trials: one checkpoint per trial, rewritten atomically at the end of an epoch, every so often.
+
+Writing one costs as much as a short epoch (the model, optimizer state and an
+fsync), so a trial writes it once `every_s` seconds have passed since the last
+one (and at the end of every phase, decided in `sweep.trial`), not after every
+epoch: a killed trial repeats the epochs since, identically.
 
 It holds everything the rest of the trial depends on: the model with its
 buffers, the optimizer and scheduler, the gradients left on parameters
@@ -15,6 +20,7 @@ and a sweep of many trials does not keep a model copy per trial on disk.
 
 import os
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,9 +76,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class Checkpoint:
     """The checkpoint of one trial in `directory`; `trial_key` tells whose it is."""
 
-    def __init__(self, directory: Path, trial_key: str) -> None:
+    def __init__(self, directory: Path, trial_key: str, every_s: float = 0.0) -> None:
         self.path = Path(directory) / FILE_NAME
         self.trial_key = trial_key
+        self.every_s = every_s
+        self._since = time.perf_counter()  # the last save, or this process's start on the trial
+
+    def due(self) -> bool:
+        """`every_s` have passed since the last save (or since this process took the trial up)."""
+        return time.perf_counter() - self._since >= self.every_s
 
     def save(self, trainer: Trainer, shuffling: torch.Generator, phase: int, progress: Progress) -> None:
         """Write to a temporary file, then rename: a process killed mid-write leaves the last checkpoint whole."""
@@ -92,6 +104,7 @@ class Checkpoint:
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, self.path)
+        self._since = time.perf_counter()
 
     def load(self) -> dict[str, Any] | None:
         """The saved checkpoint (its `phase` says which param groups to rebuild), or None if there is none."""

@@ -15,7 +15,7 @@ from sweep.models import ModelDef, make_model_def
 from sweep.optim import OptimizerSpec
 from sweep.phases import Phase, gradual_unfreezing
 from sweep.selection import Selection
-from sweep.trial import RunSettings, TrialSpec
+from sweep.trial import CHECKPOINT_EVERY_S, RunSettings, TrialSpec
 
 Config = dict[str, Any]
 
@@ -153,7 +153,7 @@ def trial_spec(cfg: Config, strategy: str, seed: int) -> TrialSpec:
     )
 
 
-RUN_SETTINGS = ("threads",)
+RUN_SETTINGS = ("threads", "checkpoint_every_s")
 """Keys of `train` that say how trials run, not what they compute: a study accepts workers that differ in them."""
 
 
@@ -161,7 +161,11 @@ def run_settings(train: Config) -> RunSettings:
     threads = _int_or_none(train.get("threads"), "train.threads")
     if threads is not None and threads < 1:
         raise ConfigError(f"train.threads={threads} must be >= 1, or null to share the cores among this host's workers")
-    return RunSettings(threads=threads)
+    every_s = train.get("checkpoint_every_s", CHECKPOINT_EVERY_S)
+    if isinstance(every_s, bool) or not isinstance(every_s, int | float) or not every_s >= 0:
+        raise ConfigError(f"train.checkpoint_every_s={every_s!r} must be a number of seconds >= 0 "
+                          "(0: checkpoint after every epoch)")
+    return RunSettings(threads=threads, checkpoint_every_s=float(every_s))
 
 
 def without_run_settings(cfg: Config) -> Config:

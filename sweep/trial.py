@@ -67,11 +67,15 @@ class TrialSpec:
         return self.phases or (Phase(self.epochs, self.selection),)
 
 
+CHECKPOINT_EVERY_S = 30.0  # a few hundred ms of writing per half minute of training; a kill loses at most that
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """How a trial runs, not what it computes: kept out of its checkpoint key, its study's fingerprint and params."""
 
     threads: int | None = None  # torch's intra-op threads during the trial; None: as the process has them
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S  # and at the end of every phase; 0: after every epoch
 
 
 @dataclass
@@ -206,10 +210,11 @@ class PhasedRun:
         phase.epochs += 1
         phase.frozen_weight_drift, phase.frozen_buffer_drift = self.drift.of(index)
         self.progress.history.append(metrics)
-        # Report, then checkpoint: the trackers get every epoch at least once. A kill in between repeats
-        # this epoch identically; the other order could lose its record for good.
+        # Report, then checkpoint: the trackers get every epoch at least once. A kill before the next
+        # checkpoint repeats the epochs since the last one identically; the other order could lose their records.
         stop = bool(on_epoch is not None and on_epoch(metrics))
-        if self.checkpoint is not None:
+        ends_phase = self.setup.plan.starts_phase(metrics.epoch + 1) or metrics.epoch == self.spec.epochs
+        if self.checkpoint is not None and (stop or ends_phase or self.checkpoint.due()):
             self.checkpoint.save(self.trainer, self.shuffling, index, self.progress_so_far())
         return stop
 
@@ -236,14 +241,16 @@ def _max_or_none(values: list[float | None]) -> float | None:
 
 def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None = None,
               checkpoint_dir: Path | None = None, settings: RunSettings = RunSettings()) -> TrialResult:
-    """Run one trial. With `checkpoint_dir`, it checkpoints there after every epoch and, when it finds a
-    checkpoint there, continues from it; the checkpoint is deleted once the trial finishes."""
+    """Run one trial. With `checkpoint_dir`, it checkpoints there at the end of an epoch once
+    `settings.checkpoint_every_s` have passed since the last checkpoint, at the end of every phase and when it
+    stops early, and, when it finds a checkpoint there, continues from it (repeating the epochs a killed process
+    ran after its last checkpoint); the checkpoint is deleted once the trial finishes."""
     with intra_op_threads(settings.threads):
-        return _run(spec, task, model_def, on_epoch, checkpoint_dir)
+        return _run(spec, task, model_def, on_epoch, checkpoint_dir, settings.checkpoint_every_s)
 
 
 def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None,
-         checkpoint_dir: Path | None) -> TrialResult:
+         checkpoint_dir: Path | None, checkpoint_every_s: float) -> TrialResult:
     started = time.perf_counter()
     memory = make_peak_memory(resolve_device(spec.device))  # first: it hands back what earlier trials freed
     setup = set_up(spec, task, model_def)
@@ -258,7 +265,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
     timer = make_timer(device)
     trainer = Trainer(net, optimizer, mechanism, timer, device, setup.scheduler, spec.grad_clip_norm,
                       eval_mode_modules=held_norms(spec, net, setup.frozen), memory=memory)
-    checkpoint = Checkpoint(checkpoint_dir, repr(spec)) if checkpoint_dir is not None else None
+    checkpoint = Checkpoint(checkpoint_dir, repr(spec), checkpoint_every_s) if checkpoint_dir is not None else None
     run = PhasedRun(spec, setup, trainer, probe_batch, shuffling, checkpoint, started)
     run.resume()
 

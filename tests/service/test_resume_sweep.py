@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 
 from sweep_commands import REPO, sweep_command
 
-ARGS = ["+strategy=requires_grad", "search.n_trials=1", "train.epochs=8", "experiment=resume"]
+ARGS = ["+strategy=requires_grad", "search.n_trials=1", "train.epochs=8", "experiment=resume",
+        "train.checkpoint_every_s=0"]  # a checkpoint after every epoch: the kill comes after the first one
 STUDY = "resume.requires_grad.head_backbone"
 
 
