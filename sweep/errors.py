@@ -4,6 +4,7 @@ The command line catches `ConfigError` and prints its message as one line with
 exit code 2; everything else is a bug and keeps its traceback.
 """
 
+import sys
 from collections.abc import Iterable
 
 
@@ -23,3 +24,10 @@ class TrialDiverged(RuntimeError):
 def one_line(err: BaseException) -> str:
     """A library's error message folded onto one line, to quote inside a `ConfigError`."""
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def warn(message: str) -> None:
+    """Something the service noticed and repaired or worked around: one line on stderr, around any progress bars."""
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)

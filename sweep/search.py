@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.config import split_name
 from sweep.errors import ConfigError, one_line
 from sweep.registry import Registry
+from sweep.stores import open_journal, retry_schema_race
 
 OBJECTIVES = {False: ["maximize"], True: ["maximize", "minimize"]}  # key: multi_objective
 
@@ -79,9 +79,9 @@ def journal_path(results_dir: Path) -> Path:
 
 
 def journal_storage(results_dir: Path) -> BaseStorage:
-    """The default: a journal file under results_dir, safe for several processes on one host."""
+    """The default: a journal file under results_dir, safe for several processes on one host, healed if torn."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(journal_path(results_dir))))
+    return open_journal(journal_path(results_dir))
 
 
 def database_storage(url: str) -> BaseStorage:
@@ -89,10 +89,13 @@ def database_storage(url: str) -> BaseStorage:
     if "://" not in url:
         raise ConfigError(f"search.storage={url!r} is not a database URL; "
                           "use e.g. postgresql://user:password@host/db, or leave it unset")
-    try:
+    def connect() -> BaseStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna but long-standing and needed here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+
+    try:
+        return retry_schema_race(connect)  # workers started together on a fresh database all create its tables
     except Exception as err:  # SQLAlchemy/driver errors of many kinds all mean "cannot use this storage"
         raise ConfigError(f"cannot use Optuna storage {url!r} ({one_line(err)[:200]}); check the URL and that the "
                           "database server is running, or leave search.storage unset for a local journal file") from None

@@ -18,6 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from sweep.errors import ConfigError, one_line
 from sweep.stages import stage
+from sweep.stores import check_not_locked, first_use, retry_schema_race
 from sweep.train import EpochMetrics
 from sweep.trial import TrialResult
 
@@ -57,13 +58,21 @@ def quiet_mlflow() -> None:
 
 
 def check_reachable(uri: str) -> None:
-    """Talk to the tracking store once, so an unreachable or malformed URI fails before any work."""
+    """Talk to the tracking store once, so an unreachable, locked or malformed URI fails before any work.
+
+    This first contact creates a fresh store's schema: serialised for a local
+    SQLite file, retried for a database that workers started together.
+    """
     quiet_mlflow()
     database = sqlite_path(uri)
-    new = database is not None and not database.exists()
+    check_not_locked(database, "MLflow store")
     try:
-        with stage(f"creating the MLflow database {database}") if new else nullcontext():
-            MlflowClient(uri).search_experiments(max_results=1)
+        with first_use(database):
+            new = database is not None and not database.exists()
+            with stage(f"creating the MLflow database {database}") if new else nullcontext():
+                retry_schema_race(lambda: MlflowClient(uri).search_experiments(max_results=1))
+    except ConfigError:
+        raise
     except Exception as err:  # MLflow raises many types here: all mean "this store cannot be used"
         raise ConfigError(f"cannot use MLflow tracking URI {uri!r} ({one_line(err)[:200]}); start the server or pass "
                           "tracking.uri=URI (e.g. sqlite:////abs/path/mlflow.db or http://host:5000)") from None

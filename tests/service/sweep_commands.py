@@ -17,10 +17,19 @@ class Completed:
     stderr: str
 
 
+def start_command(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `python -m <module> args...` as a user would, with one thread so parallel CI stays fair;
+    `env` adds to the environment."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> Completed:
+    stdout, stderr = process.communicate(timeout=900)
+    return Completed(process.returncode, stdout, stderr)
+
+
 def sweep_command(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> Completed:
-    """Run `python -m <module> args...` as a user would, with one thread so parallel CI stays fair (`env`: more
-    environment variables)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
-    return Completed(done.returncode, done.stdout, done.stderr)
+    """Run `python -m <module> args...` to the end."""
+    return finish(start_command(module, *args, cwd=cwd, env=env))
