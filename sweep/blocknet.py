@@ -18,6 +18,8 @@ class BlockNet(nn.Module):
 
     `no_grad_prefix` blocks at the front run under `torch.no_grad()`: that is
     how a user writes "don't even build the graph through the frozen backbone".
+    The first `precomputed_prefix` of them (never more) do not run at all: the
+    input already is their output, computed once before training (`cached_prefix`).
     """
 
     def __init__(self, blocks: list[tuple[str, nn.Module]], head: nn.Module) -> None:
@@ -28,6 +30,7 @@ class BlockNet(nn.Module):
         self.blocks = nn.ModuleDict(blocks)
         self.head = head
         self.no_grad_prefix = 0
+        self.precomputed_prefix = 0
 
     @property
     def block_names(self) -> list[str]:
@@ -36,7 +39,7 @@ class BlockNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks = list(self.blocks.values())
         with torch.no_grad():
-            for block in blocks[: self.no_grad_prefix]:
+            for block in blocks[self.precomputed_prefix : self.no_grad_prefix]:
                 x = block(x)
         for block in blocks[self.no_grad_prefix :]:
             x = block(x)

@@ -11,6 +11,7 @@ from typing import Any
 
 from sweep.data import Task, make_task
 from sweep.errors import ConfigError
+from sweep.feature_cache import FeatureCache
 from sweep.models import ModelDef, make_model_def
 from sweep.optim import OptimizerSpec
 from sweep.phases import Phase, gradual_unfreezing
@@ -187,6 +188,15 @@ class Workspace:
     @property
     def cache_dir(self) -> Path:
         return self.results_dir / "cache"
+
+
+def feature_cache(cfg: Config, workspace: Workspace) -> FeatureCache:
+    """`cache.max_bytes` of features held in memory; every entry is also kept under results/cache/features/."""
+    max_bytes = cfg["cache"]["max_bytes"]
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ConfigError(f"cache.max_bytes={max_bytes!r} must be a whole number of bytes >= 0 (0: keep nothing in "
+                          "memory, read every cache from its file)")
+    return FeatureCache(workspace.cache_dir / "features", max_bytes)
 
 
 def model_and_task(cfg: Config, workspace: Workspace) -> tuple[ModelDef, Task]:

@@ -17,6 +17,14 @@ def choice_error(what: str, value: object, choices: Iterable[str]) -> ConfigErro
     return ConfigError(f"unknown {what} {value!r}; choose one of: {', '.join(sorted(choices))}")
 
 
+class NotApplicable(ConfigError):
+    """A strategy cannot train this configuration exactly (e.g. `cached_prefix` with a prefix whose outputs change).
+
+    Asked for by name, that is the user's mistake; when every strategy is compared, the strategy is left out
+    and the message says why.
+    """
+
+
 class TrialDiverged(RuntimeError):
     """The training loss went NaN or infinite: the trial failed, the sweep goes on."""
 

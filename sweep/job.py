@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sweep.data import Task
 from sweep.errors import ConfigError
+from sweep.feature_cache import FeatureCache
 from sweep.models import ModelDef
 from sweep.threads import threads_for
 from sweep.tracking import DEVICE, NODE, WORKER_PROCESS, TrialRun, continue_trial_run
@@ -31,6 +32,7 @@ class TrialInputs:
 
     model_def: ModelDef
     task: Task
+    feature_cache: FeatureCache | None = None  # cached_prefix's features; each process holds its own in memory
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def _train(job: TrialJob, settings: RunSettings, inputs: TrialInputs, run: Trial
                               "results_dir must be a directory every node shares, so a retried trial finds its "
                               "checkpoint")
         return run_trial(job.spec, inputs.task, inputs.model_def, on_epoch=log_and_report,
-                         checkpoint_dir=job.checkpoint_dir, settings=settings)
+                         checkpoint_dir=job.checkpoint_dir, settings=settings, feature_cache=inputs.feature_cache)
     except Exception:
         run.set_state("failed")
         raise

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import optuna
 
-from sweep.config import (Workspace, has_path, model_and_task, run_settings, split_name, trial_spec,
+from sweep.config import (Workspace, feature_cache, has_path, model_and_task, run_settings, split_name, trial_spec,
                           without_run_settings)
+from sweep.errors import NotApplicable
 from sweep.executors import make_executor
 from sweep.job import TrialInputs
 from sweep.search import SearchSettings, database_storage, journal_storage
@@ -20,7 +21,7 @@ from sweep.tracking import Tracker, check_reachable, default_uri
 from sweep.trial import set_up
 from sweep.workers import WorkerRegistry
 
-NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy", "executor")
+NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy", "executor", "cache")
 
 
 def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
@@ -29,15 +30,24 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     runtime = run_settings(cfg["train"])
     workers = WorkerRegistry(workspace.results_dir)
     share_cores(threads_for(runtime.threads, workers.live()))  # before any torch work: checks build models
-    strategies = [cfg["strategy"]["name"]] if "strategy" in cfg else MECHANISMS.names()
+    chosen = "strategy" in cfg
+    strategies = [cfg["strategy"]["name"]] if chosen else MECHANISMS.names()
     for name in strategies:
         MECHANISMS.get(name)
     settings = SearchSettings.from_config(cfg["search"], lambda path: has_path(cfg, path), fixed)
     executor = make_executor(*split_name(cfg["executor"], "executor"))
     executor.check()
+    cache = feature_cache(cfg, workspace)
     model_def, task = model_and_task(cfg, workspace)
+    left_out = {}
     for strategy in strategies:
-        set_up(trial_spec(cfg, strategy, cfg["seed"]), task, model_def)
+        try:
+            set_up(trial_spec(cfg, strategy, cfg["seed"]), task, model_def)
+        except NotApplicable as err:  # asked for by name: the user's mistake; among all: left out, saying why
+            if chosen:
+                raise
+            left_out[strategy] = str(err)
+    strategies = [s for s in strategies if s not in left_out]
 
     tracking_uri = cfg["tracking"]["uri"] or default_uri(workspace.results_dir)
     shared_storage = database_storage(settings.storage) if settings.storage is not None else None
@@ -48,7 +58,7 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     experiment = str(cfg["experiment"])  # `experiment=nan` or `=2024` arrive as numbers from the command line
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
                            task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"]),
-                           workspace, runtime, workers, executor)
+                           workspace, runtime, workers, executor, cache, left_out)
     study_plan.check_studies()
     workers.register()
     return study_plan
@@ -58,6 +68,8 @@ def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
     """Every strategy's study, its trials run by the executor, then the end-of-run table."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress bar and summary say it; failures get one line each
     study_plan = plan(cfg, base_dir, fixed)
+    for reason in study_plan.left_out.values():
+        print(f"not compared: {reason}")
     studies = [StrategyStudy(study_plan, strategy) for strategy in study_plan.strategies]
-    study_plan.executor.run(studies, TrialInputs(study_plan.model_def, study_plan.task))
+    study_plan.executor.run(studies, TrialInputs(study_plan.model_def, study_plan.task, study_plan.feature_cache))
     print_summary(study_plan, studies)

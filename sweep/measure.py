@@ -62,8 +62,9 @@ class Timing:
     samples_per_s: float
 
     @classmethod
-    def from_steps(cls, step_times_s: list[float], samples: int) -> "Timing":
-        total = sum(step_times_s)
+    def from_steps(cls, step_times_s: list[float], samples: int, extra_s: float = 0.0) -> "Timing":
+        """`extra_s`: device time spent outside the steps that training needed (building a feature cache)."""
+        total = sum(step_times_s) + extra_s
         return cls(total, 1000 * statistics.median(step_times_s), samples / total)
 
 

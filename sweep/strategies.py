@@ -12,7 +12,9 @@ from typing import ClassVar
 import torch
 
 from sweep.blocknet import BlockNet
+from sweep.cached_prefix import PrefixCacheFeed
 from sweep.errors import ConfigError
+from sweep.feeds import Feed, FeedContext, SampleFeed
 from sweep.lr_split import GroupSpec
 from sweep.registry import Registry
 from sweep.selection import FrozenSet
@@ -42,6 +44,10 @@ class Mechanism(ABC):
 
     def check_can_freeze(self, frozen: FrozenSet) -> None:
         """Raise `ConfigError` if this mechanism cannot freeze `frozen` (a later phase's selection)."""
+
+    def feed(self, context: FeedContext) -> Feed:
+        """What the network is fed; raises `ConfigError` if the mechanism cannot feed this trial exactly."""
+        return SampleFeed(context.task)
 
     def unfreeze(self, still_frozen: FrozenSet, groups: list[GroupSpec], optimizer: torch.optim.Optimizer) -> None:
         """From now on train what is frozen now but not in `still_frozen`: `groups`, at their configured rates.
@@ -171,7 +177,7 @@ class NoGradForward(Mechanism):
     def _prefix(self, frozen: FrozenSet) -> int:
         prefix = frozen.prefix_length(self.net)
         if prefix is None:
-            raise ConfigError(f"strategy 'no_grad_forward' needs the frozen blocks to be a prefix of the forward order "
+            raise ConfigError(f"strategy {self.name!r} needs the frozen blocks to be a prefix of the forward order "
                               f"{self.net.block_names}, got {frozen.blocks + frozen.loose_params(self.net)}; "
                               "use freeze.depth=K, or another strategy")
         return prefix
@@ -183,6 +189,17 @@ class NoGradForward(Mechanism):
         """The no-grad prefix shrinks to what stays frozen; the rest joins the optimizer."""
         self.net.no_grad_prefix = self._prefix(still_frozen)
         super().unfreeze(still_frozen, groups, optimizer)
+
+
+@register
+class CachedPrefix(NoGradForward):
+    """`no_grad_forward`, except that the blocks frozen in every phase do not run in training at all: their
+    outputs for every sample are computed once and fed to the rest (`sweep/cached_prefix.py`)."""
+
+    name = "cached_prefix"
+
+    def feed(self, context):
+        return PrefixCacheFeed(self.net, self._prefix(context.always_frozen), context)
 
 
 @register

@@ -4,7 +4,7 @@ import statistics
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from tqdm import tqdm
 from sweep.config import Workspace, flatten, trial_spec, with_values
 from sweep.data import Task
 from sweep.executors import Executor
+from sweep.feature_cache import FeatureCache
 from sweep.job import TrialJob, TrialOutcome
 from sweep.models import ModelDef
 from sweep.search import SearchSettings, check_study, finished_trials, fingerprint_of, open_study, study_name
@@ -45,6 +46,8 @@ class StudyPlan:
     run_settings: RunSettings  # threads None: share the cores among the workers of the host a trial runs on
     workers: WorkerRegistry
     executor: Executor
+    feature_cache: FeatureCache  # cached_prefix's features, shared by the trials of every study
+    left_out: dict[str, str] = field(default_factory=dict)  # strategy -> why it cannot run this configuration exactly
 
     @property
     def lr_split(self) -> str:

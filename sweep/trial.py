@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader
 
 from sweep.blocknet import BlockNet
 from sweep.checkpoint import Checkpoint, Progress
 from sweep.data import Task
 from sweep.errors import ConfigError, choice_error
+from sweep.feature_cache import FeatureCache
+from sweep.feeds import EVAL_BATCH_SIZE, Feed, FeedContext
 from sweep.lr_split import make_lr_split, param_groups
 from sweep.measure import Timing, flops_per_step, held_bytes, make_peak_memory, make_timer
 from sweep.models import ModelDef
@@ -98,11 +99,13 @@ class TrialResult:
     stopped_early: bool
     phases: list[PhaseResult] = field(default_factory=list)
     peak_memory: dict[str, int] = field(default_factory=dict)  # over the training passes: `sweep.measure.PeakMemory`
+    feed_metrics: dict[str, float] = field(default_factory=dict)  # what feeding the network cost: cached_prefix's cache
 
     def final_metrics(self) -> dict[str, float]:
         """Flat metrics for the trackers; a trial of several phases adds `phase<N>.<metric>` for each."""
         final = {k: v for k, v in asdict(self).items()
-                 if k not in ("history", "stopped_early", "phases", "peak_memory") and v is not None} | self.peak_memory
+                 if k not in ("history", "stopped_early", "phases", "peak_memory", "feed_metrics") and v is not None}
+        final |= self.peak_memory | self.feed_metrics
         if len(self.phases) > 1:
             final |= {f"phase{p.phase}.{key}": getattr(p, key) for p in self.phases for key in PHASE_METRICS
                       if getattr(p, key) is not None}
@@ -124,6 +127,7 @@ class TrialSetup:
     mechanism: Mechanism
     optimizer: torch.optim.Optimizer
     device: torch.device
+    feed: Feed
     plan: PhasePlan
     groups_for: GroupsFor
     schedule: Schedule
@@ -146,11 +150,15 @@ def set_up(spec: TrialSpec, task: Task, model_def: ModelDef) -> TrialSetup:
                          weight_decay=spec.optimizer.weight_decay, no_decay_bias_norm=spec.optimizer.no_decay_bias_norm)
     mechanism = mechanism_cls(net, frozen)
     plan.check(mechanism)
+    always_frozen = plan.frozen[-1]  # phases only unfreeze
+    feed = mechanism.feed(FeedContext(task, always_frozen, held_norms(spec, net, always_frozen), spec.norm_policy,
+                                      device))
     optimizer = make_optimizer(mechanism.optimizer_groups(groups_for(frozen)), spec.optimizer)
     steps_per_epoch = math.ceil(len(task.train) / spec.batch_size)
     schedule = Schedule(spec.schedule, Horizon(spec.epochs * steps_per_epoch, steps_per_epoch), spec.optimizer.lr,
                         spec.schedule_options)
-    return TrialSetup(net, frozen, mechanism, optimizer, device, plan, groups_for, schedule, schedule.build(optimizer))
+    return TrialSetup(net, frozen, mechanism, optimizer, device, feed, plan, groups_for, schedule,
+                      schedule.build(optimizer))
 
 
 def held_norms(spec: TrialSpec, net: nn.Module, frozen: FrozenSet) -> list[nn.Module]:
@@ -240,27 +248,30 @@ def _max_or_none(values: list[float | None]) -> float | None:
 
 
 def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None = None,
-              checkpoint_dir: Path | None = None, settings: RunSettings = RunSettings()) -> TrialResult:
+              checkpoint_dir: Path | None = None, settings: RunSettings = RunSettings(),
+              feature_cache: FeatureCache | None = None) -> TrialResult:
     """Run one trial. With `checkpoint_dir`, it checkpoints there at the end of an epoch once
     `settings.checkpoint_every_s` have passed since the last checkpoint, at the end of every phase and when it
     stops early, and, when it finds a checkpoint there, continues from it (repeating the epochs a killed process
-    ran after its last checkpoint); the checkpoint is deleted once the trial finishes."""
+    ran after its last checkpoint); the checkpoint is deleted once the trial finishes. `feature_cache` holds
+    derived data trials share (cached_prefix's features); None: the trial keeps its own."""
     with intra_op_threads(settings.threads):
-        return _run(spec, task, model_def, on_epoch, checkpoint_dir, settings.checkpoint_every_s)
+        return _run(spec, task, model_def, on_epoch, checkpoint_dir, settings.checkpoint_every_s, feature_cache)
 
 
 def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None,
-         checkpoint_dir: Path | None, checkpoint_every_s: float) -> TrialResult:
+         checkpoint_dir: Path | None, checkpoint_every_s: float, feature_cache: FeatureCache | None) -> TrialResult:
     started = time.perf_counter()
     memory = make_peak_memory(resolve_device(spec.device))  # first: it hands back what earlier trials freed
     setup = set_up(spec, task, model_def)
     net, mechanism, optimizer, device = setup.net, setup.mechanism, setup.optimizer, setup.device
 
+    fed = setup.feed.open(feature_cache)
     shuffling = torch.Generator().manual_seed(spec.seed)
-    train_loader = DataLoader(task.train, batch_size=spec.batch_size, shuffle=True, generator=shuffling)
-    val_loader = DataLoader(task.val, batch_size=256)
-    test_loader = DataLoader(task.test, batch_size=256)
-    probe_batch = tuple(t.to(device) for t in next(iter(DataLoader(task.train, batch_size=spec.batch_size))))
+    train_loader = fed.loader(fed.train, spec.batch_size, shuffling)
+    val_loader = fed.loader(fed.val, EVAL_BATCH_SIZE)
+    test_loader = fed.loader(fed.test, EVAL_BATCH_SIZE)
+    probe_batch = tuple(t.to(device) for t in next(iter(fed.loader(fed.train, spec.batch_size))))
 
     timer = make_timer(device)
     trainer = Trainer(net, optimizer, mechanism, timer, device, setup.scheduler, spec.grad_clip_norm,
@@ -272,7 +283,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
     trainer.fit(train_loader, val_loader, range(len(run.progress.history) + 1, spec.epochs + 1),
                 on_epoch=lambda metrics: run.end_epoch(metrics, on_epoch), on_epoch_start=run.start_epoch)
     history, phases = run.progress.history, run.progress.phases
-    timing = Timing.from_steps(run.step_times_s(), samples=len(task.train) * len(history))
+    timing = Timing.from_steps(run.step_times_s(), samples=len(task.train) * len(history), extra_s=fed.build_s)
     test_accuracy = trainer.accuracy(test_loader)
     if checkpoint is not None:
         checkpoint.discard()
@@ -287,7 +298,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
         step_time_ms=timing.step_time_ms,
         samples_per_s=timing.samples_per_s,
         flops_per_step=round(sum(p.flops_per_step * p.epochs for p in phases) / len(history)),
-        held_bytes=held_bytes(net, optimizer, mechanism.held_bytes()),
+        held_bytes=held_bytes(net, optimizer, mechanism.held_bytes() + fed.resident_bytes),
         trainable_params=sum(p.numel() for p in net.parameters()) - n_frozen,
         frozen_params=n_frozen,
         frozen_weight_drift=_max_or_none([p.frozen_weight_drift for p in phases]),
@@ -297,4 +308,5 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
         stopped_early=len(history) < spec.epochs,
         phases=phases,
         peak_memory=run.peak_memory(),
+        feed_metrics=fed.metrics,
     )

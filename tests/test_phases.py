@@ -10,7 +10,8 @@ from sweep.selection import Selection
 from sweep.strategies import MECHANISMS
 from sweep.trial import TrialSpec, set_up
 
-FREEZING = [name for name in MECHANISMS if MECHANISMS.get(name).freezes]
+FREEZING = [name for name in MECHANISMS if MECHANISMS.get(name).freezes and name != "cached_prefix"]
+"""cached_prefix refuses the default norm_policy=train here; tests/test_cached_prefix.py runs it through phases."""
 
 PROBE_THEN_TUNE = (Phase(1, Selection(depth=3)), Phase(1, Selection(depth=1), lr_scale=0.5))
 """Phase 1 trains fc and the head; phase 2 also unfreezes conv2 and conv3, at half their split rate."""

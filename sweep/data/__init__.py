@@ -1,7 +1,8 @@
 """Data sets by name, each turned into a `Task`: train / val / test splits and a class count."""
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,10 @@ class Task:
     val: Dataset
     test: Dataset
     num_classes: int
+    identity: str | None = None
+    """What determines its samples (data set, options, split, transform), for caches of derived data;
+    None: unknown, so nothing derived from it is shared. `make_task` sets it; a builder may first put
+    what its options cannot tell (the files' sizes and times) here."""
 
 
 def split_off(indices: np.ndarray, targets: np.ndarray, fraction: float, seed: int,
@@ -62,7 +67,10 @@ DATASETS: Registry[TaskBuilder] = Registry("data set")
 
 def make_task(name: str, input_spec: InputSpec, base_dir: Path, **options) -> Task:
     """`base_dir` anchors relative data paths (where the user ran the command)."""
-    return DATASETS.build(name, options, input_spec=input_spec, base_dir=base_dir)
+    task = DATASETS.build(name, options, input_spec=input_spec, base_dir=base_dir)
+    task.identity = json.dumps({"data": name, "options": options, "input": asdict(input_spec),
+                                "base_dir": str(base_dir), "source": task.identity}, sort_keys=True, default=str)
+    return task
 
 
 from sweep.data import digits  # noqa: E402,F401  (registers the embedded task)

@@ -7,6 +7,8 @@ seeded and stratified; where a data set has an official test split it is the
 test set and the validation set is carved from the training split.
 """
 
+import hashlib
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -97,4 +99,13 @@ def imagefolder_task(input_spec: InputSpec, base_dir: Path, root: str | None = N
                           "per class, e.g. root/cat/1.png, root/dog/2.jpg") from None
     train, val, test = three_way_split(np.asarray(images.targets), val_fraction, test_fraction, split_seed)
     subsets = (Subset(images, part.tolist()) for part in (train, val, test))
-    return Task("imagefolder", *subsets, num_classes=len(images.classes))
+    return Task("imagefolder", *subsets, num_classes=len(images.classes), identity=files_stamp(images.samples))
+
+
+def files_stamp(samples: list[tuple[str, int]]) -> str:
+    """sha256 over every image's path, class, size and modification time: an edited folder is another data set."""
+    digest = hashlib.sha256()
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

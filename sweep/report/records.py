@@ -70,7 +70,8 @@ class TrialRecord:
         return len(self.curves.get("val_accuracy", []))
 
     def train_flops(self) -> float | None:
-        """FLOPs spent training: FLOPs of one batch per sample, times the samples trained.
+        """FLOPs spent training: FLOPs of one batch per sample, times the samples trained, plus the one-off
+        prefix FLOPs of a `cached_prefix` cache when this trial built it (its build time is in train_time_s too).
 
         `samples_per_s` is samples / train_time_s by construction, so their product is the samples trained.
         FLOPs of conv and linear layers grow linearly with the batch, so per-sample FLOPs are exact.
@@ -82,7 +83,8 @@ class TrialRecord:
         flops, rate, seconds = needed
         samples = round(rate * seconds)
         probe_batch = min(int(batch_size), samples // self.epochs_run)  # the probe batch is the first one
-        return flops / probe_batch * samples if probe_batch else None
+        cache_build = self.metrics.get("cache_prefix_flops", 0.0) * self.metrics.get("cache_built", 0.0)
+        return flops / probe_batch * samples + cache_build if probe_batch else None
 
 
 DERIVED: dict[str, Callable[[TrialRecord], float | None]] = {"train_flops_est": TrialRecord.train_flops}

@@ -116,7 +116,8 @@ TABLES = (
     TableSpec("summary", "Summary", "Trial counts are Optuna's states. Best = highest validation accuracy among "
               "finished trials; medians and ranges are over finished trials.", lambda _: OUTCOME),
     TableSpec("cost", "Cost", "Compute spent sums every trial, pruned and failed ones included; training FLOPs are "
-              "FLOPs per sample (from one counted batch) times the samples trained. Per-step medians (step time, "
+              "FLOPs per sample (from one counted batch) times the samples trained, plus a cached_prefix cache's "
+              "one-off prefix FLOPs in the trial that built it (its build time is in that trial's train time). Per-step medians (step time, "
               "samples/s, FLOPs, memory) cover every measured trial, the train-time median finished trials only. "
               "Times were measured on the device named in the setup. Held memory: parameters, gradients, optimizer "
               "state and the mechanism's copies (exact, no activations). Peak memory the trial added, over its "

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweep_commands import Completed, sweep_command
+from sweep_commands import DEFAULT_STRATEGIES, Completed, sweep_command
 from sweep.report import main
 from sweep.report.document import build
 from sweep.report.publish import staged
@@ -17,7 +17,7 @@ from sweep.report.records import Records, Sources, StudyRecord, TrialRecord
 from sweep.report.render import html, markdown
 from sweep.strategies import MECHANISMS
 
-FREEZING = [name for name in MECHANISMS.names() if MECHANISMS.get(name).freezes]
+FREEZING = [name for name in DEFAULT_STRATEGIES if MECHANISMS.get(name).freezes]
 BASELINE = "full_finetune"
 STATES = ("finished", "pruned", "failed", "running")
 OUTCOME_MEDIANS = ("val_accuracy", "test_accuracy", "train_time_s", "trainable_params", "frozen_params")
@@ -83,8 +83,8 @@ def test_every_file_is_written_and_the_html_is_self_contained(report):
 
 def test_summary_numbers_are_those_recomputed_from_trials_csv(report):
     trials, summary = read_csv(report / "trials.csv"), read_csv(report / "summary.csv")
-    assert len(trials) == 2 * len(MECHANISMS.names())
-    assert [row["strategy"] for row in summary] == MECHANISMS.names()
+    assert len(trials) == 2 * len(DEFAULT_STRATEGIES)
+    assert [row["strategy"] for row in summary] == DEFAULT_STRATEGIES
     baseline = next(row for row in summary if row["strategy"] == BASELINE)
     for row in summary:
         mine = [t for t in trials if (t["strategy"], t["lr_split"]) == (row["strategy"], row["lr_split"])]

@@ -6,10 +6,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from sweep_commands import TINY_BUDGET, Completed, sweep_command
+from sweep_commands import DEFAULT_STRATEGIES, TINY_BUDGET, Completed, sweep_command
 from sweep.strategies import MECHANISMS
 
-FREEZING = [name for name in MECHANISMS.names() if MECHANISMS.get(name).freezes]
+FREEZING = [name for name in DEFAULT_STRATEGIES if MECHANISMS.get(name).freezes]
 TRIAL_TAGS = {"strategy", "lr_split", "device", "sweep.role", "optuna.study_name", "optuna.trial_number", "sweep.state"}
 FINAL_METRICS = {"val_accuracy", "train_loss", "test_accuracy", "train_time_s", "wall_time_s", "step_time_ms",
                  "samples_per_s", "flops_per_step", "held_bytes", "peak_rss_bytes", "peak_rss_growth_bytes",
@@ -33,7 +33,7 @@ def own_sweep(tmp_path, cache_dir, *args: str) -> tuple[Completed, dict[str, opt
 
 def test_every_strategy_gets_a_full_study_and_tracked_runs(tiny_sweep):
     studies = load_studies(tiny_sweep.journal)
-    assert set(studies) == {f"tiny.{s}.head_backbone" for s in MECHANISMS.names()}
+    assert set(studies) == {f"tiny.{s}.head_backbone" for s in DEFAULT_STRATEGIES}
     client = MlflowClient(tiny_sweep.tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
     for name, study in studies.items():
@@ -88,7 +88,7 @@ def test_a_study_refuses_trials_of_a_different_fixed_configuration(tiny_sweep):
 
 def test_summary_table_and_next_steps_are_printed(tiny_sweep):
     out = tiny_sweep.first.stdout
-    for strategy in MECHANISMS.names():
+    for strategy in DEFAULT_STRATEGIES:
         assert f"| {strategy}" in out
     assert "mlflow ui --backend-store-uri" in out
     assert "python -m sweep.report" in out

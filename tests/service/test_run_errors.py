@@ -14,6 +14,10 @@ BAD_INPUTS = {
                                   "strategy 'zero_lr' needs something to freeze"),
     "no_grad_forward on a non-prefix": (["+strategy=no_grad_forward", "freeze.depth=null", "freeze.names=[conv2]"],
                                         "needs the frozen blocks to be a prefix"),
+    "cached_prefix with BatchNorm statistics that move": (
+        ["+strategy=cached_prefix"], "strategy 'cached_prefix' cannot reuse the frozen prefix's outputs: "
+                                     "freeze.norm_policy=train keeps updating"),
+    "negative cache budget": (["cache.max_bytes=-1"], "cache.max_bytes=-1 must be a whole number of bytes >= 0"),
     "negative lr": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not a valid learning rate"),
     "zero lr": (["optimizer.lr=0"], "optimizer.lr=0 is not a valid learning rate"),
     "no trials": (["search.n_trials=0"], "search.n_trials=0 must be a whole number >= 1"),
