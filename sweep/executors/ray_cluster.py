@@ -126,9 +126,11 @@ class RayExecutor(Executor):
 
         # A local instance gets a token of its own; Ray's notice about opting out of that is noise here.
         logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        # A cluster's workers get this package from the driver; a local instance's import it from the driver's path.
+        runtime_env = {"py_modules": [str(PACKAGE_DIR)]} if self.address else None
         try:
-            ray.init(address=self.address or "local", runtime_env={"py_modules": [str(PACKAGE_DIR)]},
-                     log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=self.address or "local", runtime_env=runtime_env, log_to_driver=False,
+                     logging_level=logging.WARNING)
         except Exception as err:  # Ray raises many types here; all mean "no cluster to run on"
             raise ConfigError(f"cannot start or join Ray at executor.address={self.address} "
                               f"({one_line(err)[:200]}); {START_ONE}") from None

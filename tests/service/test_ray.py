@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -100,14 +101,22 @@ def start_node(*args: str, env: dict[str, str]) -> RayNode:
 
 @dataclass
 class RayCluster:
+    """A head and a worker node with one CPU each, on loopback; `worker` is replaced once it has been killed."""
+
     address: str
-    head: RayNode
-    worker: RayNode
+    env: dict[str, str]
+    nodes: list[RayNode]  # every node started, the dead ones too: all are stopped at the end
+
+    @property
+    def worker(self) -> RayNode:
+        if self.nodes[-1].process.poll() is not None:
+            self.nodes.append(start_node(f"--address={self.address}", env=self.env))
+        return self.nodes[-1]
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A head and a worker node with one CPU each; a dead node is noticed within about two seconds."""
+    """The cluster, stopped whatever happens; a dead node is noticed within about two seconds."""
     env = {**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1"}
     fast_failure_detection = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "500",
                               "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
@@ -117,7 +126,7 @@ def ray_cluster():
         nodes.append(start_node("--head", f"--port={port}", "--include-dashboard=false",
                                 env=env | fast_failure_detection))
         nodes.append(start_node(f"--address=127.0.0.1:{port}", env=env))
-        yield RayCluster(f"127.0.0.1:{port}", *nodes)
+        yield RayCluster(f"127.0.0.1:{port}", env, nodes)
     finally:
         for node in reversed(nodes):
             node.stop()
@@ -129,8 +138,7 @@ def results_dir(tmp_path: Path, cache_dir: Path) -> Path:
 
 
 def ray_args(cluster: RayCluster, results: Path, *args: str) -> list[str]:
-    return ["executor=ray", f"executor.address={cluster.address}", "executor.max_concurrent=2",
-            f"results_dir={results}", *args]
+    return ["executor=ray", f"executor.address={cluster.address}", f"results_dir={results}", *args]
 
 
 def studies_in(results: Path) -> dict[str, optuna.Study]:
@@ -146,6 +154,7 @@ def trial_runs(client: MlflowClient, experiment: str, extra: str = "") -> list:
 
 def test_two_studies_run_their_exact_budget_across_both_nodes(ray_cluster, tmp_path, cache_dir):
     results = results_dir(tmp_path, cache_dir)
+    # No executor.max_concurrent: as many trials at once as the cluster's CPUs hold, one each.
     done = sweep_command("sweep.run", "-m", *ray_args(ray_cluster, results, "+strategy=requires_grad,zero_lr",
                                                       "search.n_trials=4", "train.epochs=2", "experiment=spread"),
                          env=RAY_ENV)
@@ -165,53 +174,86 @@ def test_two_studies_run_their_exact_budget_across_both_nodes(ray_cluster, tmp_p
     assert len({r.data.tags[NODE] for r in runs}) == 2, "both nodes ran trials"
 
 
-def test_a_lost_worker_node_loses_nothing(ray_cluster, tmp_path, cache_dir):
-    """SIGKILL every process of the worker node while it trains a trial past its first checkpoint."""
-    results = results_dir(tmp_path, cache_dir)
-    args = ray_args(ray_cluster, results, "+strategy=zero_lr", "search.n_trials=3", "train.epochs=12",
-                    "search/pruner=none", "experiment=lost")
-    driver = subprocess.Popen([sys.executable, "-m", "sweep.run", *args], cwd=REPO,
-                              env={**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+@dataclass
+class NodeLoss:
+    """A sweep whose worker node was SIGKILLed while it trained a trial past its first checkpoint."""
+
+    done: Completed
+    results: Path
+    victim: Run  # the MLflow run of that trial, as it was just before the kill
+    study: optuna.Study
+    runs: dict[str, Run]  # every trial run, by id, after the sweep
+
+    @property
+    def trial(self) -> optuna.trial.FrozenTrial:
+        return self.study.trials[int(self.victim.data.tags["optuna.trial_number"])]
+
+
+def lose_the_worker_node(cluster: RayCluster, results: Path, experiment: str, *args: str) -> NodeLoss:
+    worker = cluster.worker
+    command = [sys.executable, "-m", "sweep.run", *ray_args(cluster, results, "+strategy=zero_lr", "train.epochs=12",
+                                                            "executor.max_concurrent=2", f"experiment={experiment}",
+                                                            *args)]
+    driver = subprocess.Popen(command, cwd=REPO, env={**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victim = running_on(ray_cluster.worker, results, driver)
-        ray_cluster.worker.kill()
+        victim = running_on(worker, results, experiment, driver)
+        worker.kill()
         out, err = driver.communicate(timeout=600)
     finally:
         driver.kill()
-    assert driver.returncode == 0, err
-
     (study,) = studies_in(results).values()
-    assert [t.state in DONE for t in study.trials] == [True] * 3
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
-    runs = {r.info.run_id: r for r in trial_runs(client, "lost")}
-    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == set(runs)
-    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    runs = {r.info.run_id: r for r in trial_runs(client, experiment)}
+    return NodeLoss(Completed(driver.returncode, out, err), results, victim, study, runs)
 
-    resumed = runs[victim.info.run_id]
-    trial = study.trials[int(victim.data.tags["optuna.trial_number"])]
-    assert trial.user_attrs["mlflow_run_id"] == victim.info.run_id
-    assert resumed.data.tags[NODE] != victim.data.tags[NODE], "the retry ran on the head node"
-    epochs = [m.step for m in client.get_metric_history(victim.info.run_id, "val_accuracy")]
+
+def test_a_lost_worker_node_loses_nothing(ray_cluster, tmp_path, cache_dir):
+    """Ray runs the trial again on the head node, from its checkpoint, as the same trial and run."""
+    loss = lose_the_worker_node(ray_cluster, results_dir(tmp_path, cache_dir), "lost", "search.n_trials=3",
+                                "search/pruner=none")
+    assert loss.done.returncode == 0, loss.done.stderr
+    assert [t.state for t in loss.study.trials] == [TrialState.COMPLETE] * 3
+    assert {t.user_attrs["mlflow_run_id"] for t in loss.study.trials} == set(loss.runs)
+    assert {r.info.status for r in loss.runs.values()} == {"FINISHED"}
+
+    assert loss.trial.user_attrs["mlflow_run_id"] == loss.victim.info.run_id
+    resumed = loss.runs[loss.victim.info.run_id]
+    assert resumed.data.tags[NODE] != loss.victim.data.tags[NODE], "the retry ran on the head node"
+    client = MlflowClient(f"sqlite:///{loss.results / 'mlflow.db'}")
+    epochs = [m.step for m in client.get_metric_history(resumed.info.run_id, "val_accuracy")]
     assert epochs.count(1) == 1, "the retry continued from the checkpoint instead of starting over"
     assert sorted(set(epochs)) == list(range(1, 13))
-    assert not list((results / "checkpoints").rglob("checkpoint.pt"))
-    assert "Traceback" not in err
+    assert not list((loss.results / "checkpoints").rglob("checkpoint.pt"))
+    assert "Traceback" not in loss.done.stderr
 
 
-def running_on(node: RayNode, results: Path, driver: subprocess.Popen):
+def test_a_trial_whose_node_dies_more_often_than_it_may_be_retried_fails_alone(ray_cluster, tmp_path, cache_dir):
+    loss = lose_the_worker_node(ray_cluster, results_dir(tmp_path, cache_dir), "failed", "search.n_trials=2",
+                                "search/pruner=none", "executor.max_retries=0")
+    assert loss.done.returncode == 0, loss.done.stderr
+    assert loss.trial.state == TrialState.FAIL
+    assert f"zero_lr: trial {loss.trial.number} failed: " in loss.done.stderr
+    failed = loss.runs[loss.victim.info.run_id]
+    assert failed.info.status == "FAILED" and failed.data.tags["sweep.state"] == "failed"
+    others = [t for t in loss.study.trials if t.number != loss.trial.number]
+    assert others and all(t.state == TrialState.COMPLETE for t in others), "the sweep went on"
+    assert {r.info.status for r in loss.runs.values()} == {"FINISHED", "FAILED"}
+
+
+def running_on(node: RayNode, results: Path, experiment: str, driver: subprocess.Popen) -> Run:
     """The MLflow run of a trial that `node` is training and has checkpointed at least once."""
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert driver.poll() is None, f"the sweep ended before a trial ran on the worker node: {driver.stderr.read()}"
-        if (results / "mlflow.db").exists() and client.get_experiment_by_name("lost") is not None:
-            for run in trial_runs(client, "lost", " and attributes.status = 'RUNNING'"):
-                worker = run.data.tags.get(WORKER)
-                checkpoint = (results / "checkpoints" / run.data.tags["optuna.study_name"]
-                              / f"trial-{run.data.tags['optuna.trial_number']}" / "checkpoint.pt")
-                if worker and node.holds(int(worker.rpartition(":")[2])) and checkpoint.exists():
-                    return run
+        # A checkpoint first: by then the driver has created the MLflow database, which this client must not race.
+        checkpoints = {path.parent.name for path in results.glob("checkpoints/*/trial-*/checkpoint.pt")}
+        for run in trial_runs(client, experiment, " and attributes.status = 'RUNNING'") if checkpoints else ():
+            worker = run.data.tags.get(WORKER)
+            if (f"trial-{run.data.tags['optuna.trial_number']}" in checkpoints and worker
+                    and node.holds(int(worker.rpartition(":")[2]))):
+                return run
         time.sleep(0.1)
     raise AssertionError("no trial ran on the worker node")
 
