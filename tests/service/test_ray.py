@@ -176,7 +176,7 @@ def test_two_studies_run_their_exact_budget_across_both_nodes(ray_cluster, tmp_p
 
 @dataclass
 class NodeLoss:
-    """A sweep whose worker node was SIGKILLed while it trained a trial past its first checkpoint."""
+    """A sweep whose worker node was SIGKILLed while it trained a trial past its first checkpoint (one per epoch)."""
 
     done: Completed
     results: Path
@@ -192,8 +192,8 @@ class NodeLoss:
 def lose_the_worker_node(cluster: RayCluster, results: Path, experiment: str, *args: str) -> NodeLoss:
     worker = cluster.worker
     command = [sys.executable, "-m", "sweep.run", *ray_args(cluster, results, "+strategy=zero_lr", "train.epochs=12",
-                                                            "executor.max_concurrent=2", f"experiment={experiment}",
-                                                            *args)]
+                                                            "train.checkpoint_every_s=0", "executor.max_concurrent=2",
+                                                            f"experiment={experiment}", *args)]
     driver = subprocess.Popen(command, cwd=REPO, env={**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1"},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
