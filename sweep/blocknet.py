@@ -5,6 +5,7 @@ these blocks, so "freeze the first two blocks" means the same thing for the
 digits CNN, a ResNet or a ViT.
 """
 
+import hashlib
 from collections.abc import Iterator
 
 import torch
@@ -61,3 +62,13 @@ class BlockNet(nn.Module):
 
     def replace_head(self, head: nn.Module) -> None:
         self.head = head
+
+    def backbone_sha256(self) -> str:
+        """sha256 of the blocks' state (names, dtypes, shapes, values): which weights a trial started from, so
+        trials are only compared when they started from the same ones."""
+        digest = hashlib.sha256()
+        for name, tensor in self.blocks.state_dict().items():
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy())
+        return digest.hexdigest()

@@ -127,7 +127,9 @@ class GroupSpec:
     frozen: bool
 
     def as_torch(self, lr: float | None = None) -> dict:
-        return {"params": self.params, "lr": self.lr if lr is None else lr,
+        """The torch param group; `split_lr` keeps the split's rate even where a mechanism sets `lr` to 0, so
+        the trace can tell whether the lrs the optimizer uses still follow the split."""
+        return {"params": self.params, "lr": self.lr if lr is None else lr, "split_lr": self.lr,
                 "weight_decay": self.weight_decay, "name": self.name, "frozen": self.frozen}
 
 

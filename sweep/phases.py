@@ -67,7 +67,18 @@ class PhaseResult:
     flops_per_step: int
     epochs: int = 0  # trained so far: fewer than planned if the trial stopped early
     frozen_weight_drift: float | None = None  # None: this phase froze nothing
-    frozen_buffer_drift: float | None = None
+    frozen_buffer_drift: float | None = None  # None: nothing frozen, or no norm statistics among it
+    trainable_params: int | None = None
+    frozen: str = ""  # what it froze, in words (`PhasePlan.describe_frozen`)
+    lr_scale: float = 1.0
+
+    def describe(self) -> str:
+        """What this phase ran, for the records: "2 epochs, frozen conv1, conv2 (4,896 frozen / 50,117 trainable
+        params)"."""
+        counts = f"{self.frozen_params:,} frozen / {self.trainable_params:,} trainable params"
+        scale = f", lr x{self.lr_scale:g} for what it unfroze" if self.lr_scale != 1 else ""
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        return f"{epochs}, frozen {self.frozen or 'nothing'} ({counts}){scale}"
 
 
 def frozen_buffers(net: nn.Module, frozen: FrozenSet) -> dict[str, torch.Tensor]:
@@ -106,12 +117,25 @@ class PhasePlan:
     def frozen_params(self, index: int) -> int:
         return sum(p.numel() for n, p in self._net.named_parameters() if n in self.frozen[index].param_names)
 
+    def trainable_params(self, index: int) -> int:
+        return sum(p.numel() for p in self._net.parameters()) - self.frozen_params(index)
+
+    def describe_frozen(self, index: int) -> str:
+        """Whole blocks by name, then any parameters a selection took out of other blocks."""
+        frozen = self.frozen[index]
+        loose = frozen.loose_params(self._net)
+        return ", ".join([*frozen.blocks, *([f"{len(loose)} more parameter tensors"] if loose else [])])
+
+    def thawed_params(self, index: int) -> list[nn.Parameter]:
+        """What phase `index` unfreezes: frozen in the phase before, not in this one."""
+        thawed = self.frozen[index - 1].param_names - self.frozen[index].param_names
+        return [p for n, p in self._net.named_parameters() if n in thawed]
+
     def unfreeze(self, index: int, mechanism: Mechanism, optimizer: torch.optim.Optimizer,
                  groups_for: GroupsFor) -> None:
         """Enter phase `index`: the mechanism unfreezes what the phase before froze and this one does not."""
         still_frozen = self.frozen[index]
-        thawed = {id(p) for n, p in self._net.named_parameters()
-                  if n in self.frozen[index - 1].param_names - still_frozen.param_names}
+        thawed = {id(p) for p in self.thawed_params(index)}
         scale = self.phases[index].lr_scale
         groups = [replace(g, params=[p for p in g.params if id(p) in thawed], lr=g.lr * scale)
                   for g in groups_for(still_frozen) if not g.frozen]
@@ -132,4 +156,4 @@ class PhaseDrift:
         params, buffers = self._frozen[index]
         if not params:
             return None, None
-        return self._weights.max_abs_change(params), self._buffers.max_abs_change(buffers)
+        return self._weights.max_abs_change(params), self._buffers.max_abs_change(buffers) if buffers else None

@@ -30,6 +30,9 @@ class Horizon:
     steps_per_epoch: int
 
 
+SCALAR_LR_SCHEDULES = frozenset({"onecycle"})
+"""Schedules documented to set every group's lr from one scalar: they erase an lr split (and raise zero lrs)."""
+
 Factor = Callable[[int], float]
 ScheduleBuilder = Callable[..., LRScheduler]
 """(optimizer, horizon, base_lr, last_epoch, **options) -> scheduler"""

@@ -25,6 +25,10 @@ class Mechanism(ABC):
 
     name: ClassVar[str]
     freezes: ClassVar[bool] = True
+    restores_frozen: ClassVar[bool] = False
+    """The optimizer may move frozen parameters: the mechanism itself puts them back after every step."""
+    accumulates_frozen_grads: ClassVar[bool] = False
+    """Frozen parameters get gradients that nothing zeroes, so they pile up step after step."""
 
     def __init__(self, net: BlockNet, frozen: FrozenSet) -> None:
         if self.freezes and not frozen:
@@ -74,7 +78,7 @@ class Mechanism(ABC):
                 raise ConfigError(f"strategy {self.name!r} unfreezes by changing the lr of whole param groups, but a "
                                   f"phase unfreezes only part of group {group.get('name')!r}; unfreeze whole blocks "
                                   "(freeze.depth, freeze.names or freeze.indices)")
-            group["lr"] = group["initial_lr"] = rates.pop()
+            group["lr"] = group["initial_lr"] = group["split_lr"] = rates.pop()
             group["frozen"] = False
         self._set_frozen(still_frozen)
 
@@ -121,6 +125,7 @@ class ExcludeFromOptimizer(Mechanism):
     """
 
     name = "exclude_from_optimizer"
+    accumulates_frozen_grads = True
 
 
 @register
@@ -142,6 +147,7 @@ class WeightRestore(Mechanism):
     """Everything trains at its normal lr; frozen weights are copied back after every step."""
 
     name = "weight_restore"
+    restores_frozen = True
 
     def __init__(self, net, frozen):
         super().__init__(net, frozen)

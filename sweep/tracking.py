@@ -30,6 +30,10 @@ DEVICE = "device"  # what a trial trained on: known only where it runs
 NODE = "sweep.node"  # where a trial's latest attempt ran: the Ray node id, or the host name when run locally
 WORKER_PROCESS = "sweep.worker"  # host:pid of the process that ran it
 PARAM_LENGTH = 6000  # MLflow's limit on a param value
+BACKBONE = "model.backbone"  # where the backbone's weights come from, in words
+BACKBONE_SHA256 = "backbone.sha256"  # of the backbone's state the trial started from
+PHASES = "freeze.phases"  # what each phase froze, for how many epochs, in words
+PHASE_SEPARATOR = " | "
 
 
 def default_uri(results_dir: Path) -> str:
@@ -85,13 +89,16 @@ class TrialRun:
         self.run_id = run_id
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
-        mlflow.log_metrics({"val_accuracy": metrics.val_accuracy, "train_loss": metrics.train_loss},
+        """The epoch's curves and traces (`sweep.trace`), in one call."""
+        mlflow.log_metrics({"val_accuracy": metrics.val_accuracy, "train_loss": metrics.train_loss, **metrics.trace},
                            step=metrics.epoch)
 
     def log_result(self, result: TrialResult) -> None:
         final = result.final_metrics()
         final.pop("val_accuracy")  # already logged per epoch; its latest value is the final one
         mlflow.log_metrics(final)
+        mlflow.set_tags({BACKBONE_SHA256: result.backbone_sha256,
+                         PHASES: PHASE_SEPARATOR.join(f"{p.phase}: {p.describe()}" for p in result.phases)})
 
     def set_state(self, state: str) -> None:
         mlflow.set_tag(STATE, state)

@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from sweep.errors import TrialDiverged
 from sweep.measure import PeakMemory, StepTimer
 from sweep.strategies import Mechanism
+from sweep.trace import Tracer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -21,6 +22,9 @@ class EpochMetrics:
     epoch: int
     train_loss: float
     val_accuracy: float
+    # sweep.trace's metrics of this epoch: diagnostics that differ between equivalent mechanisms by design (frozen
+    # gradient norms...), so two epochs are equal when their outcomes are
+    trace: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 EpochCallback = Callable[[EpochMetrics], bool | None]
@@ -31,7 +35,7 @@ class Trainer:
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, mechanism: Mechanism,
                  timer: StepTimer, device: torch.device, scheduler: LRScheduler | None = None,
                  grad_clip_norm: float | None = None, eval_mode_modules: Sequence[nn.Module] = (),
-                 memory: PeakMemory | None = None) -> None:
+                 memory: PeakMemory | None = None, tracer: Tracer | None = None) -> None:
         self.net = net
         self.optimizer = optimizer
         self.mechanism = mechanism
@@ -41,15 +45,21 @@ class Trainer:
         self.grad_clip_norm = grad_clip_norm
         self.eval_mode_modules = eval_mode_modules
         self.memory = memory or PeakMemory()  # measures the training passes only, not validation
+        self.tracer = tracer
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self.timer.start()
         self.optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.net(inputs), targets)
         loss.backward()
+        if self.tracer is not None:
+            self.tracer.gradients()
+        total_norm = None
         if self.grad_clip_norm:
             # Over every parameter, as users write it: frozen gradients count too where they exist.
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip_norm)
+            total_norm = nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip_norm)
+        if self.tracer is not None:
+            self.tracer.update(total_norm)
         self.optimizer.step()
         self.mechanism.after_step()
         if self.scheduler is not None:
@@ -61,6 +71,8 @@ class Trainer:
         self.net.train()
         for module in self.eval_mode_modules:  # norm policy `eval`: frozen norm layers keep their statistics
             module.eval()
+        if self.tracer is not None:
+            self.tracer.start_epoch()
         loss_sum = torch.zeros((), device=self.device)
         samples = 0
         self.memory.start()
@@ -93,7 +105,9 @@ class Trainer:
         for epoch in epochs:
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
-            metrics = EpochMetrics(epoch, self.train_epoch(train_batches), self.accuracy(val_batches))
+            train_loss = self.train_epoch(train_batches)
+            trace = self.tracer.end_epoch() if self.tracer is not None else {}
+            metrics = EpochMetrics(epoch, train_loss, self.accuracy(val_batches), trace)
             history.append(metrics)
             if on_epoch is not None and on_epoch(metrics):
                 break

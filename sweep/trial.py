@@ -26,11 +26,14 @@ from sweep.schedules import Horizon, Schedule
 from sweep.selection import FrozenSet, Selection
 from sweep.strategies import MECHANISMS, Mechanism
 from sweep.threads import intra_op_threads
+from sweep.trace import SPLIT_DEVIATION, UNFROZEN_MOMENTUM, Tracer, invariant_holds, momentum_norm
 from sweep.train import EpochCallback, EpochMetrics, Trainer
 
 NORM_POLICIES = ("train", "eval")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
-PHASE_METRICS = ("frozen_params", "flops_per_step", "frozen_weight_drift", "frozen_buffer_drift")
+NOT_METRICS = ("history", "stopped_early", "phases", "peak_memory", "feed_metrics", "backbone_sha256")  # of a result
+PHASE_METRICS = ("epochs", "frozen_params", "trainable_params", "flops_per_step", "frozen_weight_drift",
+                 "frozen_buffer_drift")
 
 
 @dataclass(frozen=True)
@@ -100,11 +103,14 @@ class TrialResult:
     phases: list[PhaseResult] = field(default_factory=list)
     peak_memory: dict[str, int] = field(default_factory=dict)  # over the training passes: `sweep.measure.PeakMemory`
     feed_metrics: dict[str, float] = field(default_factory=dict)  # what feeding the network cost: cached_prefix's cache
+    epochs_trained: int = 0
+    max_lr_split_deviation: float | None = None  # over the epochs; None: fewer than two trainable groups
+    invariant_failed_epochs: int = 0  # epochs in which the optimizer could move a frozen or not a trainable param
+    backbone_sha256: str = ""  # of the backbone's state before training: which weights the trial started from
 
     def final_metrics(self) -> dict[str, float]:
         """Flat metrics for the trackers; a trial of several phases adds `phase<N>.<metric>` for each."""
-        final = {k: v for k, v in asdict(self).items()
-                 if k not in ("history", "stopped_early", "phases", "peak_memory", "feed_metrics") and v is not None}
+        final = {k: v for k, v in asdict(self).items() if k not in NOT_METRICS and v is not None}
         final |= self.peak_memory | self.feed_metrics
         if len(self.phases) > 1:
             final |= {f"phase{p.phase}.{key}": getattr(p, key) for p in self.phases for key in PHASE_METRICS
@@ -132,6 +138,7 @@ class TrialSetup:
     groups_for: GroupsFor
     schedule: Schedule
     scheduler: LRScheduler
+    backbone_sha256: str  # before any training
 
 
 def set_up(spec: TrialSpec, task: Task, model_def: ModelDef) -> TrialSetup:
@@ -144,6 +151,7 @@ def set_up(spec: TrialSpec, task: Task, model_def: ModelDef) -> TrialSetup:
 
     torch.manual_seed(spec.seed)  # the same seed gives the same new head and data order, whatever the mechanism
     net = model_def.build(task.num_classes).to(device)
+    backbone_sha256 = net.backbone_sha256()
     plan = PhasePlan(net, spec.phase_list(), mechanism_cls.freezes)
     frozen = plan.frozen[0]
     groups_for = partial(param_groups, net, split=split, lr=spec.optimizer.lr,
@@ -158,7 +166,7 @@ def set_up(spec: TrialSpec, task: Task, model_def: ModelDef) -> TrialSetup:
     schedule = Schedule(spec.schedule, Horizon(spec.epochs * steps_per_epoch, steps_per_epoch), spec.optimizer.lr,
                         spec.schedule_options)
     return TrialSetup(net, frozen, mechanism, optimizer, device, feed, plan, groups_for, schedule,
-                      schedule.build(optimizer))
+                      schedule.build(optimizer), backbone_sha256)
 
 
 def held_norms(spec: TrialSpec, net: nn.Module, frozen: FrozenSet) -> list[nn.Module]:
@@ -183,6 +191,7 @@ class PhasedRun:
 
     def __post_init__(self) -> None:
         self.drift = PhaseDrift(self.setup.net, self.setup.plan)  # snapshot before any training, resumed or not
+        self._carried_momentum = 0.0  # by what the current epoch's phase unfroze
 
     def enter_phase(self, index: int) -> None:
         """Unfreeze for phase `index`; the scheduler is rebuilt to cover the new groups at the step it had reached."""
@@ -202,18 +211,25 @@ class PhasedRun:
 
     def start_epoch(self, epoch: int) -> None:
         plan = self.setup.plan
+        self._carried_momentum = 0.0
         if not plan.starts_phase(epoch):
             return
         index = plan.index_of(epoch)
         if index:
+            self._carried_momentum = momentum_norm(self.setup.optimizer, plan.thawed_params(index))
             self.enter_phase(index)
         device = self.setup.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # measuring must not
             flops = flops_per_step(self.setup.net, *self.probe_batch, F.cross_entropy)  # shift the training RNG
-        self.progress.phases.append(PhaseResult(index + 1, plan.frozen_params(index), flops))
+        self.progress.phases.append(PhaseResult(index + 1, plan.frozen_params(index), flops,
+                                                trainable_params=plan.trainable_params(index),
+                                                frozen=plan.describe_frozen(index),
+                                                lr_scale=plan.phases[index].lr_scale))
 
     def end_epoch(self, metrics: EpochMetrics, on_epoch: EpochCallback | None) -> bool:
         index = self.setup.plan.index_of(metrics.epoch)
+        if len(self.setup.plan.phases) > 1:  # what unfreezing carried over, 0.0 in epochs that unfroze nothing
+            metrics.trace[UNFROZEN_MOMENTUM] = self._carried_momentum
         phase = self.progress.phases[-1]
         phase.epochs += 1
         phase.frozen_weight_drift, phase.frozen_buffer_drift = self.drift.of(index)
@@ -275,7 +291,8 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
 
     timer = make_timer(device)
     trainer = Trainer(net, optimizer, mechanism, timer, device, setup.scheduler, spec.grad_clip_norm,
-                      eval_mode_modules=held_norms(spec, net, setup.frozen), memory=memory)
+                      eval_mode_modules=held_norms(spec, net, setup.frozen), memory=memory,
+                      tracer=Tracer(net, optimizer, mechanism, spec.grad_clip_norm))
     checkpoint = Checkpoint(checkpoint_dir, repr(spec), checkpoint_every_s) if checkpoint_dir is not None else None
     run = PhasedRun(spec, setup, trainer, probe_batch, shuffling, checkpoint, started)
     run.resume()
@@ -289,6 +306,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
         checkpoint.discard()
 
     n_frozen = phases[0].frozen_params
+    deviations = [m.trace[SPLIT_DEVIATION] for m in history if SPLIT_DEVIATION in m.trace]
     return TrialResult(
         history=history,
         val_accuracy=history[-1].val_accuracy,
@@ -309,4 +327,8 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
         phases=phases,
         peak_memory=run.peak_memory(),
         feed_metrics=fed.metrics,
+        epochs_trained=len(history),
+        max_lr_split_deviation=max(deviations, default=None),
+        invariant_failed_epochs=sum(not invariant_holds(m.trace) for m in history),
+        backbone_sha256=setup.backbone_sha256,
     )

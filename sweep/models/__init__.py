@@ -18,6 +18,10 @@ class ModelDef(ABC):
     def build(self, num_classes: int) -> BlockNet:
         """The network with its pretrained backbone and a fresh head for `num_classes`."""
 
+    def describe(self) -> str:
+        """Where the backbone's weights come from, in words, for the records (its sha256 is recorded per trial)."""
+        return f"{type(self).__name__}, {'pretrained' if self.pretrained else 'not pretrained (random init)'}"
+
 
 MODELS: Registry[type[ModelDef]] = Registry("model")
 

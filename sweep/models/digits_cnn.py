@@ -1,4 +1,9 @@
-"""The embedded model: a small CNN pretrained once on digits 0-4, cached under results/cache/."""
+"""The embedded model: a small CNN pretrained once on digits 0-4, cached under results/cache/.
+
+Pretraining is pinned (one thread, deterministic algorithms), so the cached
+backbone is the same on every machine whatever torch's thread count: paired
+trials of workers set up differently must start from the same weights.
+"""
 
 import hashlib
 import json
@@ -13,6 +18,7 @@ from torch.utils.data import DataLoader
 from sweep.blocknet import BlockNet
 from sweep.data import InputSpec
 from sweep.data.digits import NATIVE, SOURCE_CLASSES, source_dataset
+from sweep.errors import ConfigError
 from sweep.measure import StepTimer
 from sweep.models import MODELS, ModelDef
 from sweep.selection import FrozenSet
@@ -36,6 +42,10 @@ def digits_backbone(width: int) -> list[tuple[str, nn.Module]]:
     ]
 
 
+PRETRAIN_THREADS = 1
+PRETRAINED = "pretrained"  # the one value of `model.weights` besides null (random init)
+
+
 @dataclass(frozen=True)
 class Pretraining:
     epochs: int = 15
@@ -47,25 +57,44 @@ class Pretraining:
 
 @MODELS.register("digits_cnn")
 class DigitsCnn(ModelDef):
-    input_spec: InputSpec = NATIVE
-    pretrained = True
+    """`weights`: "pretrained" (the cached digits 0-4 backbone) or None, a from-scratch baseline whose backbone is
+    randomly initialised from each trial's seed."""
 
-    def __init__(self, cache_dir: Path, base_dir: Path, width: int = 16, pretrain: dict | None = None) -> None:
+    input_spec: InputSpec = NATIVE
+
+    def __init__(self, cache_dir: Path, base_dir: Path, width: int = 16, pretrain: dict | None = None,
+                 weights: str | None = PRETRAINED) -> None:
+        if weights not in (PRETRAINED, None):
+            raise ConfigError(f"model.weights={weights!r} for digits_cnn must be {PRETRAINED} (the backbone pretrained "
+                              "on digits 0-4) or null (random init, a from-scratch baseline)")
         self.cache_dir = cache_dir
         self.width = width
         self.pretraining = Pretraining(**(pretrain or {}))
+        self.from_cache = weights is not None
+        self.pretrained = self.from_cache and self.pretraining.epochs > 0
+
+    def describe(self) -> str:
+        p = self.pretraining
+        if not self.from_cache:
+            return "digits_cnn, not pretrained (random init from each trial's seed)"
+        if not self.pretrained:
+            return f"digits_cnn, not pretrained (model.pretrain.epochs=0: the random init of seed {p.seed})"
+        return (f"digits_cnn pretrained on digits {SOURCE_CLASSES[0]}-{SOURCE_CLASSES[-1]} ({p.epochs} epochs, "
+                f"lr {p.lr:g}, seed {p.seed}, {PRETRAIN_THREADS} thread, deterministic)")
 
     def _head(self, num_classes: int) -> nn.Linear:
         return nn.Linear(8 * self.width, num_classes)
 
     def build(self, num_classes: int) -> BlockNet:
         net = BlockNet(digits_backbone(self.width), self._head(num_classes))
-        net.blocks.load_state_dict(self.backbone_weights())
+        if self.from_cache:
+            net.blocks.load_state_dict(self.backbone_weights())
         return net
 
     def cache_path(self) -> Path:
         key = {"model": "digits_cnn", "width": self.width, "pretraining": asdict(self.pretraining),
-               "source_classes": list(SOURCE_CLASSES), "torch": torch.__version__.split("+")[0]}
+               "source_classes": list(SOURCE_CLASSES), "torch": torch.__version__.split("+")[0],
+               "threads": PRETRAIN_THREADS, "deterministic": True}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return self.cache_dir / f"digits_cnn-{digest}.pt"
 
@@ -81,7 +110,19 @@ class DigitsCnn(ModelDef):
         return torch.load(path, weights_only=True)
 
     def _pretrain(self) -> dict[str, torch.Tensor]:
-        """Plain full training on the source half, with its own RNG so trials' seeds are unaffected."""
+        """Plain full training on the source half, with its own RNG so trials' seeds are unaffected, on a fixed
+        thread count with deterministic algorithms: how many threads reduce a sum changes its rounding."""
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.set_num_threads(PRETRAIN_THREADS)
+        torch.use_deterministic_algorithms(True)
+        try:
+            return self._train_source()
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+    def _train_source(self) -> dict[str, torch.Tensor]:
         p = self.pretraining
         with torch.random.fork_rng():
             torch.manual_seed(p.seed)

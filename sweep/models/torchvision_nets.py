@@ -208,11 +208,17 @@ class TorchvisionNet(ModelDef):
                                     std=tuple(preprocessing.std))
         self.pretrained = weights is not None or weights_path is not None
         self._state: StateDict | None = None
+        self._source = "not pretrained (random init)"
         if weights_path is not None:  # a local file wins over `weights`, so the config's DEFAULT need not be unset
             path = (base_dir / Path(weights_path).expanduser()).resolve()
             self._state = self._fitted(read_state_dict(path), f"model.weights_path {path}")
+            self._source = f"weights from {path.name}"
         elif weights is not None:
             self._state = self._fitted(download_state(self.arch, reference), f"{self.arch} weights {reference.name}")
+            self._source = f"torchvision weights {reference.name}"
+
+    def describe(self) -> str:
+        return f"{self.arch}, {self._source}"
 
     def torchvision_model(self) -> nn.Module:
         """The model as torchvision builds it, randomly initialised."""
