@@ -2,6 +2,7 @@
 
 import statistics
 import sys
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from sweep.executors import Executor
 from sweep.feature_cache import FeatureCache
 from sweep.job import TrialJob, TrialOutcome
 from sweep.models import ModelDef
+from sweep.schedules import SCALAR_LR_SCHEDULES
 from sweep.search import SearchSettings, check_study, finished_trials, fingerprint_of, open_study, study_name
-from sweep.tracking import STUDY, TRIAL_NUMBER, Tracker
+from sweep.trace import SPLIT_TOLERANCE
+from sweep.tracking import BACKBONE, STUDY, TRIAL_NUMBER, Tracker
 from sweep.train import EpochMetrics
 from sweep.trial import RunSettings
 from sweep.workers import WORKER, WorkerRegistry, worker_is_dead
@@ -170,7 +173,7 @@ class StrategyStudy:
         if run_id is None:
             tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split,
                     "model.pretrained": str(self.plan.model_def.pretrained).lower(),
-                    STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
+                    BACKBONE: self.plan.model_def.describe(), STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
             run_id = self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags,
                                                         flatten(config))
             trial.set_user_attr("mlflow_run_id", run_id)
@@ -198,6 +201,11 @@ class StrategySummary:
     median_step_time_ms: float | None
     flops_per_step: float | None
     max_frozen_weight_drift: float | None
+    max_frozen_buffer_drift: float | None
+    measured: int
+    split_broken: int  # trials whose lrs departed from the configured split
+    max_split_deviation: float | None
+    invariant_failed: int  # trials in which the optimizer could move frozen (or not move trainable) parameters
 
     @classmethod
     def of(cls, strategy: str, study: optuna.Study) -> "StrategySummary":
@@ -210,40 +218,95 @@ class StrategySummary:
             values = [t.user_attrs[key] for t in measured if key in t.user_attrs]
             return statistics.median(values) if values else None
 
-        drifts = [t.user_attrs["frozen_weight_drift"] for t in measured if "frozen_weight_drift" in t.user_attrs]
+        def largest(key: str) -> float | None:
+            return max((t.user_attrs[key] for t in measured if key in t.user_attrs), default=None)
+
+        deviations = [t.user_attrs.get("max_lr_split_deviation") or 0.0 for t in measured]
         return cls(strategy, len(complete), sum(t.state == TrialState.PRUNED for t in trials),
                    sum(t.state == TrialState.FAIL for t in trials),
                    best.values[0] if best else None, best.user_attrs.get("test_accuracy") if best else None,
-                   median("step_time_ms"), median("flops_per_step"), max(drifts) if drifts else None)
+                   median("step_time_ms"), median("flops_per_step"), largest("frozen_weight_drift"),
+                   largest("frozen_buffer_drift"), len(measured), sum(d > SPLIT_TOLERANCE for d in deviations),
+                   max(deviations, default=None),
+                   sum(t.user_attrs.get("invariant_failed_epochs", 0) > 0 for t in measured))
 
-    def frozen_verdict(self) -> str:
+    def frozen_verdict(self, drift: float | None, none_measured: str = "-") -> str:
+        """Short, for the terminal: yes, NO <max change>, n/a (nothing frozen) or `none_measured`."""
         if self.strategy == BASELINE:
-            return "n/a (nothing frozen)"
-        if self.max_frozen_weight_drift is None:
-            return "not measured"
-        return "yes" if self.max_frozen_weight_drift == 0 else f"NO: moved by {self.max_frozen_weight_drift:.3g}"
+            return "n/a"
+        if drift is None:
+            return none_measured if self.max_frozen_weight_drift is not None else "-"
+        return "yes" if drift == 0 else f"NO {drift:.3g}"
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+WIDTH = 100  # the terminal summary fits 100 columns
+
+
 def print_summary(plan: StudyPlan, studies: Sequence[StrategyStudy]) -> None:
     summaries = [StrategySummary.of(s.strategy, s.study) for s in studies]
     baseline_flops = _baseline_flops(plan, summaries)
-    rows = [[s.strategy, s.finished, s.pruned, s.failed, _fmt(s.best_val_accuracy, ".4f"),
+    rows = [[s.strategy, f"{s.finished}/{s.pruned}/{s.failed}", _fmt(s.best_val_accuracy, ".4f"),
              _fmt(s.best_test_accuracy, ".4f"), _fmt(s.median_step_time_ms, ".2f"),
              _fmt(s.flops_per_step / baseline_flops if s.flops_per_step and baseline_flops else None, ".3f"),
-             s.frozen_verdict()] for s in summaries]
-    headers = ["strategy", "finished", "pruned", "failed", "best val acc", "its test acc", "median step ms",
-               f"FLOPs vs {BASELINE}", "frozen stayed frozen"]
-    print(f"\nexperiment {plan.experiment!r}, lr split {plan.lr_split!r}, {plan.settings.n_trials} trials per strategy")
-    print(tabulate(rows, headers=headers, tablefmt="github"))
+             s.frozen_verdict(s.max_frozen_weight_drift), s.frozen_verdict(s.max_frozen_buffer_drift, "none")]
+            for s in summaries]
+    headers = ["strategy", "trials\nf/p/x", "best\nval acc", "its\ntest acc", "step\nms", "FLOPs\nvs base",
+               "frozen\nweights", "frozen\nnorm stats"]
+    heading = [f"experiment {plan.experiment!r}, lr split {plan.lr_split!r}, {plan.settings.n_trials} trials per "
+               f"strategy (finished/pruned/failed), median step time, FLOPs per step vs {BASELINE}",
+               f"model: {plan.model_def.describe()}"]
+    print("\n" + "\n".join(textwrap.fill(line, WIDTH) for line in heading))
+    print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    notes = _notes(plan, summaries)
+    if notes:
+        print("\n" + "\n".join(textwrap.fill(note, WIDTH, subsequent_indent="  ") for note in notes))
     uri = plan.tracker.uri
     results = plan.workspace.results_dir
     print(f"\nBrowse the runs:   mlflow ui --backend-store-uri {uri}")
     print(f"Export the report: python -m sweep.report experiment={plan.experiment} results_dir={results}"
           + ("" if uri.startswith(f"sqlite:///{results}") else f" tracking.uri={uri}"))
+
+
+def _names(summaries: Sequence[StrategySummary]) -> str:
+    return ", ".join(s.strategy for s in summaries)
+
+
+def _notes(plan: StudyPlan, summaries: list[StrategySummary]) -> list[str]:
+    """What the table cannot say: frozen things that moved, and an lr split that did not hold."""
+    notes = []
+    moved_weights = [s for s in summaries if s.max_frozen_weight_drift]
+    if moved_weights:
+        failed = [f"{s.strategy} ({s.invariant_failed} of {s.measured} trials)" for s in moved_weights
+                  if s.invariant_failed]
+        schedule = plan.trial_config["schedule"]["name"]
+        scalar = f" (schedule {schedule} rewrites every group's lr)" if schedule in SCALAR_LR_SCHEDULES else ""
+        notes.append(f"Frozen weights MOVED in {_names(moved_weights)}."
+                     + (f" The optimizer could move frozen parameters in {', '.join(failed)}: a param group of "
+                        f"frozen parameters had lr > 0{scalar}." if failed else "")
+                     + " The report names the cause.")
+    moved_stats = [s for s in summaries if s.max_frozen_buffer_drift]
+    if moved_stats:
+        policy = plan.trial_config["freeze"]["norm_policy"]
+        notes.append(f"Frozen norm statistics MOVED in {_names(moved_stats)} (BatchNorm running statistics, up to "
+                     f"{max(s.max_frozen_buffer_drift for s in moved_stats):.3g})"
+                     + (": freeze.norm_policy=train keeps updating them. Set freeze.norm_policy=eval to hold them "
+                        "(Keras' trainable=False)." if policy == "train" else "."))
+    broken = [s for s in summaries if s.split_broken]
+    if broken:
+        schedule = plan.trial_config["schedule"]["name"]
+        searched = [d.path for d in plan.settings.space if d.path.startswith("lr_split.")]
+        reason = (f"schedule {schedule} sets every group's lr from one scalar max_lr" if schedule in SCALAR_LR_SCHEDULES
+                  else "see the lr traces in the report")
+        notes.append(f"lr split {plan.lr_split!r} did NOT hold in {sum(s.split_broken for s in broken)} of "
+                     f"{sum(s.measured for s in broken)} trials ({_names(broken)}): the groups' lrs departed from its "
+                     f"ratios by up to {max(s.max_split_deviation for s in broken):.0%} ({reason})."
+                     + (f" The searched {', '.join(searched)} did not set the lrs it was meant to."
+                        if searched else ""))
+    return notes
 
 
 def _baseline_flops(plan: StudyPlan, summaries: list[StrategySummary]) -> float | None:

@@ -2,19 +2,16 @@
 
 import datetime
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sweep.report.causes import Explanation
 from sweep.report.palette import styles
 from sweep.report.plots import PLOTS, Plot
 from sweep.report.records import Records, TrialRecord
-from sweep.report.summary import BASELINE, Comparison, comparisons
+from sweep.report.setup import facts
+from sweep.report.summary import BASELINE, Comparison, StrategySummary, comparisons
 from sweep.report.tables import Table, tables
-
-FACT_PARAMS = ("model.name", "data.name", "train.epochs", "train.batch_size", "optimizer.name", "schedule.name",
-               "freeze.depth", "freeze.names", "freeze.indices", "freeze.regex", "freeze.norm_policy",
-               "train.grad_clip_norm", "seed")
-FACT_TAGS = {"device": "device", "model pretrained": "model.pretrained"}
 
 
 @dataclass
@@ -44,23 +41,6 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
 
 
-def _one_value(values: Sequence[str]) -> str:
-    distinct = sorted(set(values))
-    return "-" if not distinct else distinct[0] if len(distinct) == 1 else "varies: " + ", ".join(distinct)
-
-
-def _facts(records: Records) -> Table:
-    """Settings every trial of an experiment shares, read from its runs, one column per experiment."""
-    by_experiment = {e: [t for t in records.trials if t.experiment == e and t.run_id] for e in records.experiments}
-    readers = [(label, lambda t, tag=tag: t.tags.get(tag)) for label, tag in FACT_TAGS.items()]
-    readers += [(path, lambda t, path=path: t.params.get(path)) for path in FACT_PARAMS]
-    rows = [[label, *(_one_value([v for v in map(read, trials) if v is not None]) for trials in
-                      by_experiment.values())] for label, read in readers]
-    rows.append(["lr splits", *(_one_value([t.lr_split for t in trials]) for trials in by_experiment.values())])
-    return Table("facts", "Setup", "Read from the recorded runs; 'varies' lists every value seen.",
-                 ["", *records.experiments], rows, [])
-
-
 def _not_pretrained(experiment: str, trials: list[TrialRecord]) -> str | None:
     if any(t.tags.get("model.pretrained") == "false" for t in trials):
         return (f"Experiment {experiment!r}: the model was NOT pretrained (tag model.pretrained=false). "
@@ -88,14 +68,31 @@ WARNINGS = (_not_pretrained, _several_devices, _still_running)
 """Checks shown above everything else: each says what makes the numbers below mean less than they seem."""
 
 
-def _warnings(records: Records) -> list[str]:
-    found = (check(e, [t for t in records.trials if t.experiment == e]) for e in records.experiments
-             for check in WARNINGS)
-    return [warning for warning in found if warning]
+def _warnings(records: Records, found: Sequence[Comparison]) -> list[str]:
+    checked = (check(e, [t for t in records.trials if t.experiment == e]) for e in records.experiments
+               for check in WARNINGS)
+    split = (f"{c.title}: {c.split.finding()}" for c in found if c.split.finding())
+    return [warning for warning in (*checked, *split) if warning]
 
 
 def _names(strategies: Sequence[str]) -> str:
     return ", ".join(strategies) if strategies else "none"
+
+
+def _frozen(what: str, summaries: Sequence[StrategySummary],
+            verdict: Callable[[StrategySummary], tuple[str, Explanation | None]]) -> str:
+    """One of the two frozen verdicts in words, each way it moved with its cause."""
+    stayed = [s.strategy for s in summaries if verdict(s)[0] == "stayed frozen"]
+    moved: dict[str, list[str]] = {}  # cause -> "strategy (moved by x)"
+    for summary in summaries:
+        words, explanation = verdict(summary)
+        if words.startswith("moved"):
+            moved.setdefault(explanation.text() if explanation else "unexplained", []).append(
+                f"{summary.strategy} ({words})")
+    return (f"{what} stayed frozen in: {_names(stayed)}."
+            + "".join(f" They MOVED in: {_names(strategies)}" + (f": {cause}." if cause.startswith("unexplained")
+                                                                   else f", because {cause}.")
+                      for cause, strategies in moved.items()))
 
 
 def _findings(comparison: Comparison) -> list[str]:
@@ -106,11 +103,13 @@ def _findings(comparison: Comparison) -> list[str]:
     findings = [f"Only {reference} ran here: there is nothing to compare it with." if len(verdicts) == 1 else
                 f"Identical results on paired trials: {_names(identical)}." if len(identical) > 1 else
                 f"No mechanism matched {reference} on paired trials."]
-    findings += [f"{s}: {v.detail()}." for s, v in verdicts.items() if v.status in ("differs", "not comparable")]
-    moved = [f"{s.strategy} ({s.weight_verdict})" for s in comparison.summaries if s.weight_verdict.startswith("moved")]
-    stayed = [s.strategy for s in comparison.summaries if s.weight_verdict == "stayed frozen"]
-    findings.append(f"Frozen weights stayed frozen in: {_names(stayed)}."
-                    + (f" They MOVED in: {_names(moved)}." if moved else ""))
+    findings += [f"{s.strategy}: {s.verdict.detail()}." + (f" Cause: {s.cause}." if s.cause else "")
+                 for s in comparison.summaries if s.verdict.status in ("differs", "not comparable")]
+    findings.append(_frozen("Frozen weights", comparison.summaries, lambda s: (s.weight_verdict, s.weight_drift)))
+    findings.append(_frozen("Frozen norm statistics (BatchNorm running mean and variance)", comparison.summaries,
+                            lambda s: (s.buffer_verdict, s.buffer_drift)))
+    if comparison.split.finding():
+        findings.append(comparison.split.finding())
     timed = [s for s in comparison.summaries if s.value("median_step_time_ms") is not None]
     if timed:
         fastest = min(timed, key=lambda s: s.value("median_step_time_ms"))
@@ -129,7 +128,7 @@ def build(records: Records, command: str) -> Document:
                ("regenerate with", command)]
     return Document(f"freeze-sweep report: {', '.join(records.experiments)}",
                     datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), sources,
-                    _warnings(records), _facts(records), tables(found, palette), sections, found)
+                    _warnings(records, found), facts(records), tables(found, palette), sections, found)
 
 
 def trial_rows(records: Records) -> list[dict[str, object]]:

@@ -2,8 +2,9 @@
 
 Trial i of every strategy's study ran with seed + i and, while the sampler is in
 its random start-up, the same hyperparameters. Two such trials with the same
-whole configuration must give identical results if their mechanisms are
-equivalent; any difference is a finding, and the report says by how much.
+whole configuration, started from the same backbone weights, must give
+identical results if their mechanisms are equivalent; any difference is a
+finding, and the report says by how much (and, in `causes`, why).
 """
 
 from collections.abc import Callable, Sequence
@@ -25,6 +26,9 @@ COMPARED: dict[str, Callable[[TrialRecord], object]] = {
 """What must be equal on a pair for "identical"; a quantity one of the two did not record is not compared."""
 
 
+Pair = tuple[TrialRecord, TrialRecord]  # (trial, its partner of the reference mechanism)
+
+
 @dataclass
 class Verdict:
     status: str  # reference | identical | differs | not comparable
@@ -35,10 +39,24 @@ class Verdict:
     differing: list[str] = field(default_factory=list)  # which quantities differed, in COMPARED order
     max_test_diff: float | None = None
     max_val_diff: float | None = None
+    other_backbone: list[Pair] = field(default_factory=list)  # same number and config, different starting weights
+    backbone_unrecorded: int = 0  # pairs compared although neither recorded its backbone (records before sha256)
+    pairs_that_differ: list[Pair] = field(default_factory=list)
 
     def detail(self) -> str:
         unpaired = f"; {self.unpaired} measured trials had no partner" if self.unpaired else ""
+        if self.other_backbone:
+            trial, partner = self.other_backbone[0]
+            unpaired += (f"; {len(self.other_backbone)} were not compared because they started from another backbone "
+                         f"than their {self.reference} partner (sha256 {_short(trial.backbone_sha256)} vs "
+                         f"{_short(partner.backbone_sha256)})")
+        if self.backbone_unrecorded:
+            unpaired += f"; the backbone was not recorded for {self.backbone_unrecorded} of the pairs (assumed the same)"
         return _DETAILS[self.status](self) + unpaired
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "not recorded"
 
 
 def _differs(v: Verdict) -> str:
@@ -65,7 +83,7 @@ def choose_reference(strategies: Sequence[str]) -> str:
 
 
 def compare(trials: Sequence[TrialRecord], reference_trials: Sequence[TrialRecord], reference: str) -> Verdict:
-    """Pairs: the same trial number and the same whole configuration, both measured."""
+    """Pairs: the same trial number, the same whole configuration and the same backbone, both measured."""
     by_number = {t.number: t for t in reference_trials if t.measured}
     verdict = Verdict("not comparable", reference)
     test_diffs, val_diffs, differing = [], [], set()
@@ -74,10 +92,16 @@ def compare(trials: Sequence[TrialRecord], reference_trials: Sequence[TrialRecor
         if partner is None or partner.params != trial.params:
             verdict.unpaired += 1
             continue
+        if trial.backbone_sha256 != partner.backbone_sha256:
+            verdict.other_backbone.append((trial, partner))
+            continue
+        verdict.backbone_unrecorded += trial.backbone_sha256 is None
         verdict.paired += 1
         changed = {what for what, value in COMPARED.items()
                    if None not in (value(trial), value(partner)) and value(trial) != value(partner)}
         verdict.differing_pairs += bool(changed)
+        if changed:
+            verdict.pairs_that_differ.append((trial, partner))
         differing |= changed
         test_diffs.append(abs(trial.metrics["test_accuracy"] - partner.metrics["test_accuracy"]))
         val_diffs.extend(abs(a - b) for a, b in zip(trial.curves.get("val_accuracy", []),

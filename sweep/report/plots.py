@@ -17,9 +17,11 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from optuna.distributions import FloatDistribution, IntDistribution  # noqa: E402
 
+from sweep.blocknet import HEAD  # noqa: E402
 from sweep.report.palette import Style  # noqa: E402
 from sweep.report.records import TrialRecord  # noqa: E402
 from sweep.report.summary import BASELINE, Comparison  # noqa: E402
+from sweep.trace import LR_PREFIX  # noqa: E402
 
 MIN_IMPORTANCE_TRIALS = 5  # finished trials a study needs before fANOVA importances mean anything
 DPI = 100
@@ -156,6 +158,50 @@ def learning_curves(comparison: Comparison, styles: dict[str, Style]) -> Plot:
     return _finish(plot, fig, f"Learning curves of the best trials: {comparison.title}")
 
 
+def _lr_keys(trial: TrialRecord) -> list[str]:
+    """The trial's `lr/<block>` traces, the head last."""
+    keys = sorted(k for k in trial.traces if k.startswith(LR_PREFIX))
+    return sorted(keys, key=lambda k: k == LR_PREFIX + HEAD)
+
+
+def lr_traces(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("lr_traces", "Learning rate of each param group, as the optimizer held it",
+                "Each strategy's best trial (or its first measured one): the largest lr of each block's param groups "
+                "at the last step of every epoch, after the scheduler. A frozen block drawn above 0 could be moved by "
+                "the optimizer; blocks that keep the lr split's ratios run parallel on the log scale.")
+    shown = []
+    for summary, study in zip(comparison.summaries, comparison.studies):
+        trial = summary.best or next((t for t in study.trials if t.measured and _lr_keys(t)), None)
+        if trial is not None and _lr_keys(trial):
+            shown.append((summary.strategy, trial))
+    if not shown:
+        plot.note = "lr traces not recorded (the records predate them)"
+        return plot
+    columns = min(3, len(shown))
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1, 3.4 * rows), sharey=True, squeeze=False)
+    colors = plt.get_cmap("tab10")
+    keys = sorted({k for _, t in shown for k in _lr_keys(t)}, key=lambda k: (k == LR_PREFIX + HEAD, k))
+    for ax, (strategy, trial) in zip(axes.flat, shown):
+        drawn = _lr_keys(trial)
+        for rank, key in enumerate(drawn):  # the first widest, so groups on the same lr show as nested lines
+            epochs = sorted(trial.trace(key))
+            ax.plot(epochs, [trial.trace(key)[e] for e in epochs], marker="o", markersize=3,
+                    linewidth=1 + 0.8 * (len(drawn) - 1 - rank), alpha=0.85, color=colors(keys.index(key) % 10),
+                    label=key.removeprefix(LR_PREFIX))
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_title(f"{strategy} (trial {trial.number})", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("lr (symlog: linear below 1e-4)")
+    axes.flat[len(shown) - 1].legend(fontsize=8, title="param groups", loc="upper left", bbox_to_anchor=(1.02, 1))
+    return _finish(plot, fig, f"lr per param group: {comparison.title}")
+
+
 def _is_log(distribution: object) -> bool:
     return isinstance(distribution, (FloatDistribution, IntDistribution)) and distribution.log
 
@@ -216,4 +262,4 @@ def importances(comparison: Comparison, styles: dict[str, Style]) -> Plot:
 
 
 PLOTS: tuple[Callable[[Comparison, dict[str, Style]], Plot], ...] = (
-    pareto, cost, learning_curves, accuracy_vs_params, importances)
+    pareto, cost, learning_curves, lr_traces, accuracy_vs_params, importances)

@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.errors import ConfigError
 from sweep.search import database_storage, journal_path, journal_storage
 from sweep.strategies import MECHANISMS
-from sweep.tracking import ROLE, STUDY, TRIAL_NUMBER, check_reachable, sqlite_path
+from sweep.trace import is_trace
+from sweep.tracking import BACKBONE_SHA256, ROLE, STUDY, TRIAL_NUMBER, check_reachable, sqlite_path
 
 STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 UNFINISHED = "running"  # RUNNING or WAITING in Optuna: still going, or its process died
@@ -54,11 +55,20 @@ class TrialRecord:
     searched: dict[str, float] = field(default_factory=dict)  # what Optuna sampled
     metrics: dict[str, float] = field(default_factory=dict)  # latest value of every metric
     curves: dict[str, list[float]] = field(default_factory=dict)  # per epoch, in epoch order
+    traces: dict[str, dict[int, float]] = field(default_factory=dict)  # sweep.trace's metrics: epoch -> value
 
     def metric(self, key: str) -> float | None:
         """A recorded metric, or one derived from them (`DERIVED`)."""
         derived = DERIVED.get(key)
         return derived(self) if derived else self.metrics.get(key)
+
+    def trace(self, key: str) -> dict[int, float]:
+        """A trace by epoch; empty where it was not recorded (records older than tracing, or nothing to trace)."""
+        return self.traces.get(key, {})
+
+    @property
+    def backbone_sha256(self) -> str | None:
+        return self.tags.get(BACKBONE_SHA256) or None
 
     @property
     def measured(self) -> bool:
@@ -211,4 +221,6 @@ def _trial_record(client: MlflowClient, experiment: str, study_tags: dict[str, s
     for key in CURVES:
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
         record.curves[key] = [m.value for m in history]
+    for key in filter(is_trace, record.metrics):
+        record.traces[key] = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
     return record

@@ -11,11 +11,14 @@ The rules (the report states them too):
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from sweep.report.causes import (BUFFER_DRIFT_CAUSES, DIFFERENCE_CAUSES, WEIGHT_DRIFT_CAUSES, Explanation, explain,
+                                 explain_drift)
 from sweep.report.equivalence import Verdict, verdicts
 from sweep.report.records import COUNTED, Records, StudyRecord, TrialRecord
+from sweep.report.split_integrity import SplitIntegrity
 from sweep.study import BASELINE
 
 
@@ -41,9 +44,10 @@ AGGREGATES = (
 RELATIVE = ("step_time_ms", "flops_per_step")  # median over the baseline's median
 
 
-def drift_verdict(max_drift: float | None, frozen_params: float | None) -> str:
+def drift_verdict(max_drift: float | None, frozen_params: float | None, none_there: str = "not measured") -> str:
+    """`none_there`: what a missing drift means while something was frozen."""
     if max_drift is None:
-        return "nothing frozen" if frozen_params == 0 else "not measured"
+        return "nothing frozen" if frozen_params == 0 else none_there
     return "stayed frozen" if max_drift == 0 else f"moved by {max_drift:.3g}"
 
 
@@ -56,9 +60,13 @@ class StrategySummary:
     values: dict[str, float | None]
     best: TrialRecord | None
     verdict: Verdict
+    difference: Explanation | None = None  # why it differs from the reference, where it does
+    weight_drift: Explanation | None = None  # why frozen weights moved, where they did
+    buffer_drift: Explanation | None = None  # why frozen norm statistics moved, where they did
+    no_effect: list[str] = field(default_factory=list)  # searched parameters that set nothing (split_integrity)
 
     @classmethod
-    def of(cls, study: StudyRecord, verdict: Verdict) -> "StrategySummary":
+    def of(cls, study: StudyRecord, verdict: Verdict, no_effect: Sequence[str] = ()) -> "StrategySummary":
         trials = study.trials
         finished = [t for t in trials if t.state == "finished" and t.measured]
         values: dict[str, float | None] = {}
@@ -74,7 +82,10 @@ class StrategySummary:
         values["best_val_accuracy"] = best.metrics["val_accuracy"] if best else None
         values["best_test_accuracy"] = best.metrics["test_accuracy"] if best else None
         counts = {state: sum(t.state == state for t in trials) for state in COUNTED}
-        return cls(study.experiment, study.lr_split, study.strategy, counts, values, best, verdict)
+        return cls(study.experiment, study.lr_split, study.strategy, counts, values, best, verdict,
+                   explain(verdict.pairs_that_differ, DIFFERENCE_CAUSES) if verdict.pairs_that_differ else None,
+                   explain_drift(trials, "frozen_weight_drift", WEIGHT_DRIFT_CAUSES),
+                   explain_drift(trials, "frozen_buffer_drift", BUFFER_DRIFT_CAUSES), list(no_effect))
 
     def value(self, key: str) -> float | None:
         return self.values.get(key)
@@ -85,7 +96,14 @@ class StrategySummary:
 
     @property
     def buffer_verdict(self) -> str:
-        return drift_verdict(self.value("max_frozen_buffer_drift"), self.value("median_frozen_params"))
+        weights_measured = self.value("max_frozen_weight_drift") is not None
+        return drift_verdict(self.value("max_frozen_buffer_drift"), self.value("median_frozen_params"),
+                             "no norm statistics in the frozen blocks" if weights_measured else "not measured")
+
+    @property
+    def cause(self) -> str:
+        """Why it differs from the reference; empty where it does not."""
+        return self.difference.text() if self.difference else ""
 
     def as_row(self, searched: Sequence[str]) -> dict[str, Any]:
         """The summary.csv row: counts, values, verdicts and the best trial's searched hyperparameters."""
@@ -94,11 +112,18 @@ class StrategySummary:
                 "trials": sum(self.counts.values()), **self.counts,
                 "best_trial": self.best.number if self.best else None, **self.values,
                 "frozen_weights": self.weight_verdict, "frozen_buffers": self.buffer_verdict,
+                "frozen_weights_cause": self.weight_drift.text() if self.weight_drift else None,
+                "frozen_buffers_cause": self.buffer_drift.text() if self.buffer_drift else None,
                 "equivalence": self.verdict.status, "equivalence_reference": self.verdict.reference,
                 "equivalence_paired_trials": self.verdict.paired,
                 "equivalence_max_test_accuracy_diff": self.verdict.max_test_diff,
-                "equivalence_detail": self.verdict.detail(),
+                "equivalence_detail": self.verdict.detail(), "equivalence_cause": self.cause or None,
                 **{f"best.{path}": best_params.get(path) for path in searched}}
+
+
+def searched_paths(studies: Sequence[StudyRecord]) -> list[str]:
+    """Searched hyperparameters, as config paths."""
+    return sorted({path for s in studies for path in s.distributions})
 
 
 @dataclass
@@ -109,17 +134,19 @@ class Comparison:
     lr_split: str
     studies: list[StudyRecord]
     summaries: list[StrategySummary]
+    split: SplitIntegrity
 
     @classmethod
     def of(cls, experiment: str, lr_split: str, studies: list[StudyRecord]) -> "Comparison":
         found = verdicts(studies)
-        summaries = [StrategySummary.of(s, found[s.strategy]) for s in studies]
+        split = SplitIntegrity.of(lr_split, studies, searched_paths(studies))
+        summaries = [StrategySummary.of(s, found[s.strategy], split.no_effect) for s in studies]
         baseline = next((s for s in summaries if s.strategy == BASELINE), None)
         for summary in summaries:
             for key in RELATIVE:
                 mine, theirs = summary.value(f"median_{key}"), baseline.value(f"median_{key}") if baseline else None
                 summary.values[f"{key}_vs_{BASELINE}"] = mine / theirs if mine is not None and theirs else None
-        return cls(experiment, lr_split, studies, summaries)
+        return cls(experiment, lr_split, studies, summaries, split)
 
     @property
     def title(self) -> str:
@@ -127,8 +154,7 @@ class Comparison:
 
     @property
     def searched(self) -> list[str]:
-        """Searched hyperparameters, as config paths."""
-        return sorted({path for s in self.studies for path in s.distributions})
+        return searched_paths(self.studies)
 
     @property
     def trials(self) -> list[TrialRecord]:

@@ -55,6 +55,7 @@ OUTCOME = (
     Column("test accuracy of the best trial", _value("best_test_accuracy", ".4f")),
     Column("test accuracy over finished trials (min - max)", _test_range),
     Column("frozen weights", lambda s: s.weight_verdict),
+    Column("frozen norm statistics", lambda s: s.buffer_verdict),
     Column("equivalence", lambda s: s.verdict.status),
 )
 COST = (
@@ -78,7 +79,9 @@ FROZEN = (
     Column("frozen params", _value("median_frozen_params", ",.0f")),
     Column("trainable params", _value("median_trainable_params", ",.0f")),
     Column("frozen weights", lambda s: s.weight_verdict),
-    Column("frozen buffers (BatchNorm statistics)", lambda s: s.buffer_verdict),
+    Column("why the weights moved", lambda s: s.weight_drift.text() if s.weight_drift else ""),
+    Column("frozen norm statistics (BatchNorm running mean and variance)", lambda s: s.buffer_verdict),
+    Column("why the statistics moved", lambda s: s.buffer_drift.text() if s.buffer_drift else ""),
 )
 EQUIVALENCE = (
     STRATEGY,
@@ -86,6 +89,7 @@ EQUIVALENCE = (
     Column("paired trials", lambda s: "-" if s.verdict.status == "reference" else str(s.verdict.paired)),
     Column("max abs. difference in test accuracy", lambda s: fmt(s.verdict.max_test_diff, ".4f")),
     Column("detail", lambda s: s.verdict.detail()),
+    Column("cause", lambda s: s.cause),
 )
 
 
@@ -97,7 +101,8 @@ def _mib(s: StrategySummary, *keys: str) -> str:
 
 def _best_params(searched: Sequence[str]) -> list[Column]:
     def param(path: str) -> Cell:
-        return lambda s: fmt(s.best.searched.get(path) if s.best else None, ".4g")
+        return lambda s: (fmt(s.best.searched.get(path) if s.best else None, ".4g")
+                          + (" (no effect)" if path in s.no_effect and s.best else ""))
 
     return [STRATEGY, Column("best trial", lambda s: fmt(s.best.number if s.best else None, "d")),
             Column("its val accuracy", _value("best_val_accuracy", ".4f")),
@@ -124,12 +129,16 @@ TABLES = (
               "training passes: on a CPU the growth of the process's resident memory from the trial's start to its "
               "peak (activations, batches and all), on CUDA the most memory tensors held at once. Peak RSS: the "
               "whole process at that peak, interpreter and libraries included.", lambda _: COST),
-    TableSpec("frozen", "Did the frozen layers stay frozen?", "Largest absolute change of any frozen weight or "
-              "BatchNorm running statistic over every trial; 0 means it really stayed frozen.", lambda _: FROZEN),
-    TableSpec("equivalence", "Equivalence of the mechanisms", "Paired trials: the same trial number (same seed) "
-              "and the same whole configuration. Identical = same test accuracy, validation and loss curves, "
-              "trainable-parameter count and drifts on every pair.", lambda _: EQUIVALENCE),
-    TableSpec("best-params", "Best hyperparameters", "The searched hyperparameters of each strategy's best trial.",
+    TableSpec("frozen", "Did the frozen layers stay frozen?", "Two verdicts: the frozen weights, and the norm "
+              "statistics (BatchNorm running mean and variance) of frozen blocks; each is the largest absolute change "
+              "over every trial, 0 meaning it really stayed frozen. freeze.norm_policy=eval holds the statistics.",
+              lambda _: FROZEN),
+    TableSpec("equivalence", "Equivalence of the mechanisms", "Paired trials: the same trial number (same seed), "
+              "the same whole configuration and the same backbone weights (sha256). Identical = same test accuracy, "
+              "validation and loss curves, trainable-parameter count and drifts on every pair. The cause is read from "
+              "the per-epoch traces; what they cannot account for is called unexplained.", lambda _: EQUIVALENCE),
+    TableSpec("best-params", "Best hyperparameters", "The searched hyperparameters of each strategy's best trial. "
+              "(no effect): the trials' lrs did not depend on this lr-split parameter (see Findings).",
               _best_params),
 )
 

@@ -1,5 +1,7 @@
 """`python -m sweep.run` end to end, through the real command in a subprocess."""
 
+import re
+
 import optuna
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
@@ -88,8 +90,14 @@ def test_a_study_refuses_trials_of_a_different_fixed_configuration(tiny_sweep):
 
 def test_summary_table_and_next_steps_are_printed(tiny_sweep):
     out = tiny_sweep.first.stdout
+    lines = out.splitlines()
+    rule = next(line for line in lines if line.startswith("----"))  # under the table's header, as wide as the table
+    assert len(rule) <= 100, "the table fits 100 columns"
     for strategy in DEFAULT_STRATEGIES:
-        assert f"| {strategy}" in out
+        row = next(line for line in lines if line.startswith(f"{strategy} "))
+        assert len(re.split(r"\s{2,}", row.strip())) == 8, row  # strategy, trials, 2 accuracies, step time, FLOPs,
+        # and the two frozen verdicts: weights and norm statistics
+        assert len(row) <= len(rule)
     assert "mlflow ui --backend-store-uri" in out
     assert "python -m sweep.report" in out
 
