@@ -3,18 +3,22 @@
 Both sides train the embedded digits CNN (first 2 of its 4 blocks frozen) with SGD and
 momentum on the same pre-collated batches. The engine side is `sweep.train.Trainer.step`,
 set up as a trial sets it up (selection, lr split, mechanism, optimizer, constant
-schedule); the plain side is the loop a user would write for each mechanism. Each
-batch goes through every variant, a mechanism's engine and plain steps back to back,
-after warm-up rounds, so a noisy shared machine slows both sides alike. The JSON says
-where and how it ran, the median step times, the engine/plain ratio per mechanism
-with its spread, a verdict against the budget of 1.05 (none when the spread
-crosses it) and the speed-up of `requires_grad` over `full_finetune`. `cached_prefix`
-is not here: its step is a step of the suffix; scripts/bench_cached_prefix.py times it per epoch.
+schedule); the plain side is the loop a user would write for each mechanism; the
+traced side is the engine with the tracer every trial runs (`sweep.trace`), its
+per-epoch summary included once per pass over the batches, as in training. Each
+batch goes through every variant, a mechanism's engine, plain and traced steps back
+to back, after warm-up rounds, so a noisy shared machine slows them alike. The JSON
+says where and how it ran, the median step times, the engine/plain ratio per
+mechanism with its spread and a verdict against the budget of 1.05 (none when the
+spread crosses it), the traced/engine ratio against its budget of 1.02, and the
+speed-up of `requires_grad` over `full_finetune`. `cached_prefix` is not here: its
+step is a step of the suffix; scripts/bench_cached_prefix.py times it per epoch.
 
     python scripts/bench_step.py [--out results/bench/step.json] [--rounds 20]
 """
 
 import argparse
+import itertools
 import json
 import platform
 import shlex
@@ -35,39 +39,60 @@ from sweep.data import Task, make_task
 from sweep.models import ModelDef, make_model_def
 from sweep.optim import OptimizerSpec
 from sweep.selection import Selection
-from sweep.step_timing import Spread, Step, engine_step, machine, round_ratios, step_ms, time_rounds
+from sweep.step_timing import Spread, Step, engine_step, engine_trainer, machine, round_ratios, step_ms, time_rounds
 from sweep.trial import TrialSpec
 
 FROZEN_DEPTH = 2
 OVERHEAD_BUDGET = 1.05
+TRACING_BUDGET = 1.02  # what tracing may add to a step
 SIDES = ("engine", "plain")
+TRACED = "traced"
 CPU = torch.device("cpu")
 
 
-def budget_verdict(ratio: Spread) -> bool | None:
-    """True: within the overhead budget; False: over it; None: its interquartile range crosses it, no verdict."""
-    if ratio.crosses(OVERHEAD_BUDGET):
+def budget_verdict(ratio: Spread, budget: float = OVERHEAD_BUDGET) -> bool | None:
+    """True: within the budget; False: over it; None: its interquartile range crosses it, no verdict."""
+    if ratio.crosses(budget):
         return None
-    return ratio.q3 < OVERHEAD_BUDGET
+    return ratio.q3 < budget
 
 
-def overall_verdict(verdicts: dict[str, bool | None]) -> tuple[bool | None, str]:
+def overall_verdict(verdicts: dict[str, bool | None], budget: float = OVERHEAD_BUDGET) -> tuple[bool | None, str]:
     """Over if any mechanism is over; no verdict if any is undecided; within only if every one is within."""
     over = [s for s, v in verdicts.items() if v is False]
     undecided = [s for s, v in verdicts.items() if v is None]
     if over:
-        return False, f"over the {OVERHEAD_BUDGET} budget: {', '.join(over)}"
+        return False, f"over the {budget} budget: {', '.join(over)}"
     if undecided:
-        return None, (f"no verdict: the interquartile range of the ratio crosses {OVERHEAD_BUDGET} for "
+        return None, (f"no verdict: the interquartile range of the ratio crosses {budget} for "
                       f"{', '.join(undecided)} (too noisy; run on a quieter machine or with more --rounds)")
-    return True, f"within the {OVERHEAD_BUDGET} budget"
+    return True, f"within the {budget} budget"
+
+
+def trial(strategy: str, spec: OptimizerSpec, seed: int) -> TrialSpec:
+    """Set up as a trial is: uniform lr split, constant schedule, the same seed (same head)."""
+    return TrialSpec(strategy, Selection(depth=FROZEN_DEPTH), lr_split="uniform", optimizer=spec, seed=seed,
+                     device="cpu")
 
 
 def engine(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int) -> Step:
-    """The engine's step, set up as a trial is: uniform lr split, constant schedule, the same seed (same head)."""
-    trial = TrialSpec(strategy, Selection(depth=FROZEN_DEPTH), lr_split="uniform", optimizer=spec, seed=seed,
-                      device="cpu")
-    return engine_step(trial, task, model_def)
+    return engine_step(trial(strategy, spec, seed), task, model_def)
+
+
+def traced(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int,
+           steps_per_epoch: int) -> Step:
+    """The engine's step with a trial's tracer, whose per-epoch summary runs every `steps_per_epoch` steps."""
+    trainer = engine_trainer(trial(strategy, spec, seed), task, model_def, traced=True)
+    count = itertools.count(1)
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = trainer.step(inputs, targets)
+        if next(count) % steps_per_epoch == 0:
+            trainer.tracer.end_epoch()
+            trainer.tracer.start_epoch()
+        return loss
+
+    return step
 
 
 # The plain loops: each takes the frozen prefix and the rest (blocks after it, then the head).
@@ -167,9 +192,10 @@ def main() -> None:
         torch.manual_seed(args.seed)  # the same head as the engine's
         net = model_def.build(task.num_classes).train()
         steps[strategy, "plain"] = plain_step(net, strategy, spec)
+        steps[strategy, TRACED] = traced(model_def, task, strategy, spec, args.seed, len(batches))
 
-    # A mechanism's engine and plain steps run back to back: they are the pair compared.
-    groups = [[(strategy, side) for side in SIDES] for strategy in PLAIN]
+    # A mechanism's engine, plain and traced steps run back to back: they are compared with each other.
+    groups = [[(strategy, side) for side in (*SIDES, TRACED)] for strategy in PLAIN]
     rounds = time_rounds(groups, steps, batches, args.rounds, args.warmup_rounds, args.seed)
 
     median_ms = {side: {s: step_ms(rounds, (s, side)).median for s in PLAIN} for side in SIDES}
@@ -178,6 +204,9 @@ def main() -> None:
     ratios = {s: round_ratios(rounds, (s, "engine"), (s, "plain")) for s in PLAIN}
     verdicts = {s: budget_verdict(ratio) for s, ratio in ratios.items()}
     within_budget, verdict = overall_verdict(verdicts)
+    tracing = {s: round_ratios(rounds, (s, TRACED), (s, "engine")) for s in PLAIN}
+    tracing_verdicts = {s: budget_verdict(ratio, TRACING_BUDGET) for s, ratio in tracing.items()}
+    tracing_within, tracing_verdict = overall_verdict(tracing_verdicts, TRACING_BUDGET)
     report = {
         "benchmark": "one training step per mechanism: sweep's Trainer.step vs a plain hand-written PyTorch loop",
         "command": shlex.join([sys.executable, *sys.argv]),
@@ -203,6 +232,14 @@ def main() -> None:
         "within_budget_by_mechanism": verdicts,
         "within_budget": within_budget,
         "verdict": verdict,
+        "traced_step_ms": {s: step_ms(rounds, (s, TRACED)).median for s in PLAIN},
+        "ratio_traced_over_engine": {s: asdict(ratio) for s, ratio in tracing.items()},
+        "ratio_traced_over_engine_is": "per round (one pass over the batches, closed by the tracer's per-epoch "
+                                       "summary), the traced engine's median step over the untraced engine's; median "
+                                       "and interquartile range over the rounds",
+        "tracing_budget": TRACING_BUDGET,
+        "tracing_within_budget": tracing_within,
+        "tracing_verdict": tracing_verdict,
         "speedup_requires_grad_over_full_finetune": {
             side: median_ms[side]["full_finetune"] / median_ms[side]["requires_grad"] for side in SIDES},
     }
@@ -211,9 +248,10 @@ def main() -> None:
     for strategy in PLAIN:
         ratio = ratios[strategy]
         print(f"{strategy:24s} engine {median_ms['engine'][strategy]:7.3f} ms  plain {median_ms['plain'][strategy]:7.3f} ms"
-              f"  ratio {ratio.median:.3f} (IQR {ratio.q1:.3f}-{ratio.q3:.3f})")
+              f"  ratio {ratio.median:.3f} (IQR {ratio.q1:.3f}-{ratio.q3:.3f})  traced/engine "
+              f"{tracing[strategy].median:.3f} (IQR {tracing[strategy].q1:.3f}-{tracing[strategy].q3:.3f})")
     print(f"requires_grad over full_finetune: {report['speedup_requires_grad_over_full_finetune']['engine']:.2f}x; "
-          f"{verdict}; wrote {args.out}")
+          f"engine/plain {verdict}; tracing {tracing_verdict}; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 from sweep.data import Task
 from sweep.measure import StepTimer
 from sweep.models import ModelDef
+from sweep.trace import Tracer
 from sweep.train import Trainer
 from sweep.trial import TrialSpec, held_norms, set_up
 
@@ -33,8 +34,8 @@ K = TypeVar("K", bound=Hashable)
 Round = dict[K, list[float]]  # seconds per step, one entry per batch
 
 
-def engine_step(spec: TrialSpec, task: Task, model_def: ModelDef) -> Step:
-    """One training step of the trial `spec` describes, set up as `run_trial` sets it up.
+def engine_trainer(spec: TrialSpec, task: Task, model_def: ModelDef, traced: bool = False) -> Trainer:
+    """The trainer of the trial `spec` describes, set up as `run_trial` sets it up (`traced`: with its tracer).
 
     No scheduler: the lr stays at its first value, so any number of timed steps fits any schedule's horizon.
     """
@@ -43,9 +44,14 @@ def engine_step(spec: TrialSpec, task: Task, model_def: ModelDef) -> Step:
     held = held_norms(spec, setup.net, setup.frozen)
     for module in held:
         module.eval()
-    trainer = Trainer(setup.net, setup.optimizer, setup.mechanism, StepTimer(), setup.device,
-                      grad_clip_norm=spec.grad_clip_norm, eval_mode_modules=held)
-    return trainer.step
+    tracer = Tracer(setup.net, setup.optimizer, setup.mechanism, spec.grad_clip_norm) if traced else None
+    return Trainer(setup.net, setup.optimizer, setup.mechanism, StepTimer(), setup.device,
+                   grad_clip_norm=spec.grad_clip_norm, eval_mode_modules=held, tracer=tracer)
+
+
+def engine_step(spec: TrialSpec, task: Task, model_def: ModelDef) -> Step:
+    """One training step of the trial `spec` describes (see `engine_trainer`)."""
+    return engine_trainer(spec, task, model_def).step
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:
