@@ -174,17 +174,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per timed trial (the first is not timed)")
     parser.add_argument("--trial-epochs", type=int, default=8, help="epochs the cache build is amortised over")
     parser.add_argument("--images", type=int, default=300, help="images in the generated ImageFolder")
+    parser.add_argument("--image-side", type=int, default=96, help="their side in pixels: decoding costs no_grad_forward "
+                                                                   "every epoch, cached_prefix once")
     parser.add_argument("--cache-dir", type=Path, default=Path("results/cache"), help="pretrained digits weights")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    where = machine()  # before the work: it notes the load average at the start
     order = random.Random(args.seed)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-cached-prefix-") as scratch:
         classes = 10
-        images = write_image_folder(Path(scratch) / "images", classes, args.images // classes, side=96,
-                                    seed=args.seed)
+        images = write_image_folder(Path(scratch) / "images", classes, args.images // classes, args.image_side,
+                                    args.seed)
         for name in args.cases:
             case = CASES[name]
             model_def = make_model_def(case.model, cache_dir=args.cache_dir, base_dir=Path.cwd(), **case.model_options)
@@ -201,12 +204,12 @@ def main() -> None:
     report = {
         "benchmark": "one epoch (training + validation) of cached_prefix vs no_grad_forward and requires_grad",
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": {**machine(), "load_average_at_end": os.getloadavg()},
+        "machine": {**where, "load_average_at_end": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "freeze-sweep": version("freeze-sweep"), "git": git_revision()},
         "setup": {"rounds": args.rounds, "warmup_rounds": args.warmup_rounds, "epochs_per_trial": args.epochs,
                   "batch_size": TrialSpec("cached_prefix").batch_size, "generated_images": args.images,
-                  "image_side_px": 96, "seed": args.seed},
+                  "image_side_px": args.image_side, "seed": args.seed},
         "cases": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
