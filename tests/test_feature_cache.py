@@ -1,7 +1,12 @@
 """The feature cache on its own: memory budget, spilling to memory-mapped files, and files it must not trust."""
 
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,7 @@ from sweep.feature_cache import MANIFEST, FeatureCache, Layout
 
 LAYOUT = Layout(splits=(("train", 6), ("val", 2), ("test", 2)), shape=(3,), dtype="torch.float32")
 ENTRY_BYTES = 10 * (3 * 4 + 8)
+REPO = Path(__file__).resolve().parents[1]
 
 
 class CountingFill:
@@ -116,3 +122,53 @@ def test_a_cache_travels_to_other_processes_as_its_settings_not_its_entries(tmp_
     copy = pickle.loads(pickle.dumps(cache))
     assert (copy.directory, copy.max_bytes, copy.held_bytes()) == (tmp_path, 1 << 20, 0)
     assert not copy.fetch("k", LAYOUT, CountingFill(4.0)).built  # it finds the entry on disk
+
+
+WORKER = """
+import sys, time
+from pathlib import Path
+import torch
+from sweep.feature_cache import FeatureCache, Layout
+directory, started, hold_s = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+layout = Layout(splits=(("train", 6), ("val", 2), ("test", 2)), shape=(3,), dtype="torch.float32")
+
+def fill(inputs, targets):
+    inputs.fill_(5.0)
+    targets.fill_(1)
+    started.touch()
+    time.sleep(hold_s)
+
+print(FeatureCache(directory, max_bytes=1 << 20).fetch("k", layout, fill).built)
+"""
+
+
+def start_worker(tmp_path: Path, name: str, hold_s: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "cache"), str(tmp_path / name), str(hold_s)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def wait_for(path: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_build_killed_mid_write_publishes_nothing_and_the_next_one_builds_whole(tmp_path):
+    worker = start_worker(tmp_path, "started", hold_s=60)
+    wait_for(tmp_path / "started")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert not (tmp_path / "cache" / "k").exists()
+    assert [p.name for p in (tmp_path / "cache").glob("k.partial-*")] == [f"k.partial-{worker.pid}"]
+    fill = CountingFill(6.0)
+    fetched = FeatureCache(tmp_path / "cache", max_bytes=1 << 20).fetch("k", LAYOUT, fill)
+    assert fetched.built and torch.equal(fetched.features.inputs, fill.expected())
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["k", "k.lock"]
+
+
+def test_workers_starting_together_build_an_entry_once(tmp_path):
+    workers = [start_worker(tmp_path, f"started-{i}", hold_s=1.0) for i in range(2)]
+    built = sorted(worker.communicate(timeout=120)[0].strip() for worker in workers)
+    assert [w.returncode for w in workers] == [0, 0]
+    assert built == ["False", "True"]  # the second waited on the key's lock, then read the first one's entry
