@@ -63,12 +63,14 @@ class BlockNet(nn.Module):
     def replace_head(self, head: nn.Module) -> None:
         self.head = head
 
-    def backbone_sha256(self) -> str:
+    def backbone_sha256(self, blocks: int | None = None) -> str:
         """sha256 of the blocks' state (names, dtypes, shapes, values): which weights a trial started from, so
-        trials are only compared when they started from the same ones."""
+        trials are only compared when they started from the same ones. Of the first `blocks` blocks only, when
+        given: what a cache of their outputs depends on."""
         digest = hashlib.sha256()
-        for name, tensor in self.blocks.state_dict().items():
-            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-            digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(flat.view(torch.uint8).numpy())
+        for block in self.block_names[:blocks]:
+            for name, tensor in self.blocks[block].state_dict(prefix=f"{block}.").items():
+                flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+                digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+                digest.update(flat.view(torch.uint8).numpy())
         return digest.hexdigest()

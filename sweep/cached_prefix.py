@@ -9,7 +9,8 @@ the evaluation batch size, and the training loader draws the same batches from t
 same generator as every other strategy.
 
 The cache key is everything the outputs depend on: the prefix blocks, their
-architecture and the sha256 of their weights and buffers, the data set with its
+architecture and the sha256 of their weights and buffers (`BlockNet.backbone_sha256`
+of the prefix, the backbone sha256 each trial records), the data set with its
 options, split and transform, the input shape, the norm policy, the device type,
 the CPU thread count and the torch version.
 """
@@ -60,15 +61,6 @@ class FeatureSet(Dataset):
 def batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """`FeatureSet.__getitems__` already returns the batch."""
     return batch
-
-
-def state_sha256(named_tensors: Iterator[tuple[str, torch.Tensor]]) -> str:
-    """sha256 over names, dtypes, shapes and bytes: two states hash alike only if they are bit for bit the same."""
-    digest = hashlib.sha256()
-    for name, tensor in named_tensors:
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -181,7 +173,7 @@ class PrefixCacheFeed(Feed):
         described = {
             "blocks": names,
             "architecture_sha256": hashlib.sha256(repr(self.prefix).encode()).hexdigest(),
-            "prefix_sha256": state_sha256((f"{b}.{n}", t) for b in names for n, t in self.net.blocks[b].state_dict().items()),
+            "backbone_sha256_of_prefix": self.net.backbone_sha256(self.blocks),
             "data": self.context.task.identity,
             "input_shape": list(input_shape),
             "norm_policy": self.context.norm_policy,

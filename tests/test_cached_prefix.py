@@ -249,3 +249,21 @@ def test_a_corrupt_cache_file_is_rebuilt_and_its_bytes_never_used(digits_model_d
     assert built(again) == (1.0, 0.0)
     assert again.history == first.history and again.test_accuracy == first.test_accuracy
     assert inputs.read_bytes() == good
+
+
+def test_the_cache_key_follows_what_the_features_depend_on_and_nothing_else(digits_model_def, digits_task):
+    setup = set_up(spec("cached_prefix"), digits_task, digits_model_def)
+    shape = digits_task.train[0][0].shape
+    key = setup.feed.key(shape)
+    with torch.no_grad():
+        setup.net.blocks.conv3[0].weight.add_(1.0)  # after the prefix
+    assert setup.feed.key(shape) == key
+    with torch.no_grad():
+        setup.net.blocks.conv2[1].running_mean.add_(1e-3)  # a BatchNorm statistic inside it
+    assert setup.feed.key(shape) != key
+    other_split = make_task("digits", digits_model_def.input_spec, Path.cwd(), split_seed=1)
+    deeper = set_up(spec("cached_prefix", selection=Selection(depth=3)), digits_task, digits_model_def)
+    resplit = set_up(spec("cached_prefix"), other_split, digits_model_def)
+    fresh = set_up(spec("cached_prefix"), digits_task, digits_model_def)
+    assert len({fresh.feed.key(shape), deeper.feed.key(shape), resplit.feed.key(shape)}) == 3
+    assert fresh.net.backbone_sha256(len(fresh.net.block_names)) == fresh.net.backbone_sha256()
