@@ -22,13 +22,15 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sweep.blocknet import BlockNet
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, one_line, warn
+from sweep.faults import crash_point
 from sweep.phases import PhaseResult
 from sweep.train import EpochMetrics, Trainer
 
@@ -105,12 +107,24 @@ class Checkpoint:
             os.fsync(file.fileno())
         os.replace(partial, self.path)
         self._since = time.perf_counter()
+        crash_point("checkpoint-saved")
 
     def load(self) -> dict[str, Any] | None:
-        """The saved checkpoint (its `phase` says which param groups to rebuild), or None if there is none."""
+        """The saved checkpoint (its `phase` says which param groups to rebuild), or None if there is none.
+
+        One that cannot be read (a disk that filled up, a copy cut short) is
+        moved aside, never deleted, and the trial starts over from scratch.
+        """
         if not self.path.exists():
             return None
-        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a damaged file: zip, pickle, EOF
+            aside = self.path.with_name(f"{FILE_NAME}.unreadable-{datetime.now():%Y%m%d-%H%M%S}")
+            os.replace(self.path, aside)
+            warn(f"checkpoint {self.path} cannot be read ({one_line(err)[:120]}); moved it to {aside.name} and "
+                 "started the trial over")
+            return None
         if saved["trial"] != self.trial_key:
             raise ConfigError(f"checkpoint {self.path} belongs to another trial ({saved['trial']}); "
                               "give each trial its own checkpoint directory, or delete it to start over")

@@ -26,7 +26,7 @@ class NotApplicable(ConfigError):
 
 
 class TrialDiverged(RuntimeError):
-    """The training loss went NaN or infinite: the trial failed, the sweep goes on."""
+    """The training loss went NaN, infinite, or far above where it started: the trial failed, the sweep goes on."""
 
 
 def one_line(err: BaseException) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sweep.data import Task
 from sweep.errors import ConfigError
+from sweep.faults import crash_point
 from sweep.feature_cache import FeatureCache
 from sweep.models import ModelDef
 from sweep.threads import threads_for
@@ -82,6 +83,7 @@ def run_job(job: TrialJob, inputs: TrialInputs, on_epoch: ReportEpoch, placement
         with continue_trial_run(job.tracking_uri, job.run_id, tags, job.system_metrics) as run:
             result = _train(job, settings, inputs, run, on_epoch)
             run.log_result(result)
+            crash_point("trial-logged")
             run.set_state("pruned" if result.stopped_early else "finished")
     except Exception as err:  # any error inside a trial fails that trial only; the sweep goes on
         return TrialOutcome(error=f"{type(err).__name__}: {err}")

@@ -1,5 +1,6 @@
 """Optuna, in-process: one study per (experiment, strategy, lr split), the same sampler seed and budget for each."""
 
+import hashlib
 import json
 import warnings
 from collections.abc import Callable
@@ -8,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.config import split_name
 from sweep.errors import ConfigError, one_line
+from sweep.faults import crash_point
 from sweep.registry import Registry
 from sweep.stores import open_journal, retry_schema_race
+from sweep.workers import WORKER
 
 OBJECTIVES = {False: ["maximize"], True: ["maximize", "minimize"]}  # key: multi_objective
 
@@ -22,7 +26,8 @@ PRUNERS: Registry[type[optuna.pruners.BasePruner]] = Registry("pruner")
 PRUNERS.register("median")(optuna.pruners.MedianPruner)
 PRUNERS.register("threshold")(optuna.pruners.ThresholdPruner)
 PRUNERS.register("none")(optuna.pruners.NopPruner)
-FINAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # what a study is topped up to n_trials of
+WORKER_ATTR = "worker"  # the trial's user attribute naming the process that runs it
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Dimension:
 @dataclass
 class SearchSettings:
     n_trials: int
+    max_failures: int
     sampler_seed: int
     storage: str | None
     multi_objective: bool
@@ -57,6 +63,9 @@ class SearchSettings:
         n_trials = section["n_trials"]
         if not isinstance(n_trials, int) or n_trials < 1:
             raise ConfigError(f"search.n_trials={n_trials!r} must be a whole number >= 1")
+        max_failures = section["max_failures"]
+        if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
+            raise ConfigError(f"search.max_failures={max_failures!r} must be a whole number >= 1")
         space = []
         for path, bounds in (section.get("space") or {}).items():
             if path in fixed or not cfg_has(path):
@@ -71,7 +80,8 @@ class SearchSettings:
         multi_objective = bool(section["multi_objective"])
         pruner_name, pruner_options = split_name(section["pruner"], "search.pruner")
         pruner = PRUNERS.build("none" if multi_objective else pruner_name, {} if multi_objective else pruner_options)
-        return cls(n_trials, section["sampler_seed"], section.get("storage"), multi_objective, pruner, space)
+        return cls(n_trials, max_failures, section["sampler_seed"], section.get("storage"), multi_objective, pruner,
+                   space)
 
 
 def journal_path(results_dir: Path) -> Path:
@@ -117,19 +127,56 @@ def check_study(storage: BaseStorage, name: str, fingerprint: dict) -> None:
                           f"(changed: {', '.join(changed)}); pass experiment=NEW_NAME to start a new comparison")
 
 
-def open_study(storage: BaseStorage, name: str, settings: SearchSettings, fingerprint: dict) -> optuna.Study:
-    """Create or reopen a study (after `check_study`).
-
-    The sampler seed is offset by the trials already there, so a top-up run does
-    not replay the first suggestions, and every strategy's study still gets the same ones.
-    """
-    study_id = _study_id(storage, name)
-    existing = len(storage.get_all_trials(study_id)) if study_id is not None else 0
-    sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed + existing)
-    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=settings.pruner,
-                                directions=OBJECTIVES[settings.multi_objective], load_if_exists=True)
+def open_study(storage: BaseStorage, name: str, settings: SearchSettings, fingerprint: dict) -> "WorkerStudy":
+    """Create or reopen a study (after `check_study`)."""
+    optuna.create_study(storage=storage, study_name=name, directions=OBJECTIVES[settings.multi_objective],
+                        load_if_exists=True)
+    study = WorkerStudy(name, storage, PairedSampler(settings.sampler_seed), settings.pruner)
     study.set_user_attr("config", fingerprint)
     return study
+
+
+class PairedSampler(optuna.samplers.BaseSampler):
+    """Trial i's parameters depend on the sampler seed and i alone, drawn at random within the searched ranges.
+
+    So trial i of every strategy's study gets the same ones whatever happened
+    before it: interruptions, resumed or failed trials, other workers. (TPE's
+    suggestions follow each study's own results, and seeding it by how many
+    trials a study held broke pairing on every restart.)
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict) -> dict:
+        return {}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        key = hashlib.sha256(f"{self.seed}/{trial.number}/{param_name}".encode()).digest()  # same in every process
+        seed = int.from_bytes(key[:4], "little")
+        return optuna.samplers.RandomSampler(seed=seed).sample_independent(study, trial, param_name,
+                                                                          param_distribution)
+
+
+class WorkerStudy(optuna.Study):
+    """A study whose new trials name their worker from the moment they exist.
+
+    `Study.ask` creates a trial and only then could the objective say who runs
+    it: a worker killed in between left a RUNNING trial that no later run could
+    tell was orphaned. Here the trial and its worker are one storage write.
+    """
+
+    def ask(self, fixed_distributions: dict | None = None) -> optuna.Trial:
+        if fixed_distributions:
+            raise ValueError("WorkerStudy.ask takes no fixed distributions")
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={WORKER_ATTR: WORKER})
+        trial_id = self._storage.create_new_trial(self._study_id, template_trial=template)
+        crash_point("trial-created")
+        return optuna.Trial(self, trial_id)
 
 
 def _study_id(storage: BaseStorage, name: str) -> int | None:
@@ -140,8 +187,37 @@ def _study_id(storage: BaseStorage, name: str) -> int | None:
         return None
 
 
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if t.state in FINAL_STATES]
+def done_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=DONE_STATES)
+
+
+@dataclass
+class TrialBudget:
+    """How many more trials one session of a study may start.
+
+    The study is topped up to `n_trials` done (finished or pruned): a failed
+    trial is replaced, until `max_failures` have failed in this session, so a
+    cause that fails every trial does not burn compute forever.
+    """
+
+    to_start: int
+    max_failures: int
+    failures: int = 0
+
+    def take(self) -> bool:
+        if self.to_start <= 0:
+            return False
+        self.to_start -= 1
+        return True
+
+    def failed(self) -> bool:
+        """Count a failed trial and replace it; True when it was the last failure allowed: no more trials start."""
+        self.failures += 1
+        if self.failures < self.max_failures:
+            self.to_start += 1
+            return False
+        self.to_start = 0
+        return self.failures == self.max_failures
 
 
 def fingerprint_of(flat_config: dict[str, Any]) -> dict[str, str]:

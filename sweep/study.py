@@ -17,12 +17,15 @@ from tqdm import tqdm
 
 from sweep.config import Workspace, flatten, trial_spec, with_values
 from sweep.data import Task
+from sweep.errors import warn
 from sweep.executors import Executor
+from sweep.faults import crash_point
 from sweep.feature_cache import FeatureCache
 from sweep.job import TrialJob, TrialOutcome
 from sweep.models import ModelDef
 from sweep.schedules import SCALAR_LR_SCHEDULES
-from sweep.search import SearchSettings, check_study, finished_trials, fingerprint_of, open_study, study_name
+from sweep.search import (WORKER_ATTR, SearchSettings, TrialBudget, check_study, done_trials, fingerprint_of,
+                          open_study, study_name)
 from sweep.trace import SPLIT_TOLERANCE
 from sweep.tracking import BACKBONE, STUDY, TRIAL_NUMBER, Tracker
 from sweep.train import EpochMetrics
@@ -86,37 +89,41 @@ class StrategyStudy:
         self._best = "-"  # best val accuracy for the progress bar; it can only change between trials
         self._parent_run_id: str | None = None
         self._to_resume: list[FrozenTrial] = []
-        self._to_ask = 0
+        self._budget = TrialBudget(0, plan.settings.max_failures)  # each session sets its own
         self._running: dict[str, RunningTrial] = {}
 
     @contextmanager
     def session(self, position: int | None = None) -> Iterator[None]:
-        """While open, `next_job` tops the study up to `n_trials` finished trials (a second run adds none).
+        """While open, `next_job` tops the study up to `n_trials` finished or pruned trials (a second run adds none).
 
         Trials whose worker on this host died (killed, out of memory, power cut)
         come first, from their last checkpoint, as the same Optuna trial and the
-        same MLflow run. The study's parent run and progress bar are open only
-        when there is something to run; `position` stacks the bars of studies run at once.
+        same MLflow run. A failed trial is replaced, until `search.max_failures`
+        have failed in this session. The study's parent run and progress bar are
+        open only when there is something to run; `position` stacks the bars of studies run at once.
         """
+        settings = self.plan.settings
         self._to_resume = self._interrupted_trials()
-        self._to_ask = max(self.plan.settings.n_trials - len(finished_trials(self.study)) - len(self._to_resume), 0)
-        if not self._to_ask and not self._to_resume:
+        to_ask = max(settings.n_trials - len(done_trials(self.study)) - len(self._to_resume), 0)
+        self._budget = TrialBudget(to_ask, settings.max_failures)
+        if not to_ask and not self._to_resume:
+            self.plan.tracker.end_study_run(self.name)  # one a worker killed after the last trial left RUNNING
             yield
             return
         tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split}
         with self.plan.tracker.study_run(self.name, tags) as self._parent_run_id, \
-                tqdm(total=self._to_ask + len(self._to_resume), desc=self.strategy, unit="trial", position=position,
+                tqdm(total=to_ask + len(self._to_resume), desc=self.strategy, unit="trial", position=position,
                      dynamic_ncols=True) as self._bar:
             yield
+            crash_point("trials-done")
 
     def next_job(self) -> TrialJob | None:
         """The next trial to run, or None when this session has handed out all it should."""
         if self._to_resume:
             frozen = self._to_resume.pop(0)
             return self._start(optuna.Trial(self.study, frozen._trial_id), frozen.last_step)
-        # Workers sharing the study stop once it holds n_trials, whoever ran them.
-        if self._to_ask and len(finished_trials(self.study)) < self.plan.settings.n_trials:
-            self._to_ask -= 1
+        # Workers sharing the study stop once it holds n_trials done, whoever ran them.
+        if len(done_trials(self.study)) < self.plan.settings.n_trials and self._budget.take():
             return self._start(self.study.ask(), None)
         return None
 
@@ -142,6 +149,12 @@ class StrategyStudy:
             trial.set_user_attr("error", outcome.error)
             self._bar.write(f"{self.strategy}: trial {trial.number} failed: {outcome.error}", file=sys.stderr)
             self.study.tell(trial, state=TrialState.FAIL)
+            if self._budget.failed():
+                warn(f"{self.strategy}: no more trials after {self._budget.failures} failed in this run "
+                     f"(search.max_failures={self.plan.settings.max_failures}); the study holds "
+                     f"{len(done_trials(self.study))} of {self.plan.settings.n_trials}. Run the same command again "
+                     "to retry")
+            return
         else:
             result = outcome.result
             for name, value in result.final_metrics().items():
@@ -156,7 +169,7 @@ class StrategyStudy:
 
     def _interrupted_trials(self) -> list[FrozenTrial]:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return [t for t in running if worker_is_dead(t.user_attrs.get("worker"))]
+        return [t for t in running if worker_is_dead(t.user_attrs.get(WORKER_ATTR))]
 
     def checkpoint_dir(self, number: int) -> Path:
         return self.plan.workspace.results_dir / "checkpoints" / self.name / f"trial-{number}"
@@ -166,16 +179,14 @@ class StrategyStudy:
         values = {dim.path: dim.suggest(trial) for dim in self.plan.settings.space}
         config = with_values(self.plan.trial_config, values)
         spec = trial_spec(config, self.strategy, self.plan.seed + trial.number)
-        trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr(WORKER_ATTR, WORKER)  # claims a resumed trial (a new one names its worker from the start)
         self._best = self._best_so_far()
         self._bar.set_postfix(trial=trial.number, epoch=f"0/{spec.epochs}", best=self._best)  # visible from the start
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id is None:
-            tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split,
-                    "model.pretrained": str(self.plan.model_def.pretrained).lower(),
-                    BACKBONE: self.plan.model_def.describe(), STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
-            run_id = self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags,
-                                                        flatten(config))
+            # A worker killed between creating the trial's run and linking it left the run: continue that one.
+            run_id = self.plan.tracker.find_trial_run(self.name, trial.number) or self._create_run(trial, config)
+            crash_point("run-created")
             trial.set_user_attr("mlflow_run_id", run_id)
         checkpoint_dir = self.checkpoint_dir(trial.number)
         checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +194,13 @@ class StrategyStudy:
                        self.plan.tracker.system_metrics, checkpoint_dir)
         self._running[job.key] = RunningTrial(trial, job, last_step)
         return job
+
+    def _create_run(self, trial: optuna.Trial, config: dict[str, Any]) -> str:
+        tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split,
+                "model.pretrained": str(self.plan.model_def.pretrained).lower(),
+                BACKBONE: self.plan.model_def.describe(), STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
+        return self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags,
+                                                  flatten(config))
 
     def _best_so_far(self) -> str:
         """One storage query, once per trial: with shared PostgreSQL studies this must stay off the epoch path."""

@@ -83,20 +83,36 @@ def check_reachable(uri: str) -> None:
 
 
 class TrialRun:
-    """The nested MLflow run of one Optuna trial."""
+    """The nested MLflow run of one Optuna trial.
 
-    def __init__(self, run_id: str) -> None:
+    A later attempt at a trial (after a killed sweep, a Ray retry, an
+    unreadable checkpoint) repeats, identically, what the one before it did
+    since its last checkpoint; what that attempt logged is not logged twice:
+    neither an epoch's step nor a final metric.
+    """
+
+    def __init__(self, run_id: str, logged_epochs: int = 0, logged_keys: frozenset[str] = frozenset()) -> None:
         self.run_id = run_id
+        self.logged_epochs = logged_epochs
+        self.logged_keys = logged_keys
+
+    @classmethod
+    def continued(cls, client: MlflowClient, run_id: str) -> "TrialRun":
+        """A trial's run, with what earlier attempts at the trial logged (nothing, for the first)."""
+        epochs = client.get_metric_history(run_id, "val_accuracy")
+        return cls(run_id, max((m.step for m in epochs), default=0), frozenset(client.get_run(run_id).data.metrics))
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
         """The epoch's curves and traces (`sweep.trace`), in one call."""
+        if metrics.epoch <= self.logged_epochs:
+            return
         mlflow.log_metrics({"val_accuracy": metrics.val_accuracy, "train_loss": metrics.train_loss, **metrics.trace},
                            step=metrics.epoch)
 
     def log_result(self, result: TrialResult) -> None:
         final = result.final_metrics()
         final.pop("val_accuracy")  # already logged per epoch; its latest value is the final one
-        mlflow.log_metrics(final)
+        mlflow.log_metrics({k: v for k, v in final.items() if k not in self.logged_keys})
         mlflow.set_tags({BACKBONE_SHA256: result.backbone_sha256,
                          PHASES: PHASE_SEPARATOR.join(f"{p.phase}: {p.describe()}" for p in result.phases)})
 
@@ -139,6 +155,19 @@ class Tracker:
             self.client.delete_run(mine)
         return winner
 
+    def end_study_run(self, study_name: str) -> None:
+        """End a parent run left RUNNING by a worker killed after its study's last trial."""
+        run_id = self._study_run_id(study_name)
+        if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, "FINISHED")
+
+    def find_trial_run(self, study_name: str, trial_number: int) -> str | None:
+        """The run a killed worker created for a trial before it could link the trial to it."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=1, filter_string=f"tags.`{ROLE}` = 'trial' and "
+            f"tags.`{STUDY}` = '{study_name}' and tags.`{TRIAL_NUMBER}` = '{trial_number}'")
+        return runs[0].info.run_id if runs else None
+
     @contextmanager
     def study_run(self, study_name: str, tags: dict[str, str]) -> Iterator[str]:
         """The parent run of a study; running the sweep again, or another worker, continues the same parent.
@@ -174,4 +203,4 @@ def continue_trial_run(uri: str, run_id: str, tags: dict[str, str], system_metri
     quiet_mlflow()
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=system_metrics) as run:
-        yield TrialRun(run.info.run_id)
+        yield TrialRun.continued(MlflowClient(uri), run.info.run_id)

@@ -29,6 +29,9 @@ class EpochMetrics:
 
 EpochCallback = Callable[[EpochMetrics], bool | None]
 """Called after every epoch; returning True stops training (Optuna pruning, early stopping)."""
+DIVERGED_FACTOR = 10.0
+"""An epoch's mean training loss this many times the untrained model's means the run diverged, finite or not
+(`optimizer.lr=1e6` under full_finetune keeps a finite loss near 1e6 and ends at chance accuracy)."""
 
 
 class Trainer:
@@ -46,6 +49,13 @@ class Trainer:
         self.eval_mode_modules = eval_mode_modules
         self.memory = memory or PeakMemory()  # measures the training passes only, not validation
         self.tracer = tracer
+        self.starting_loss = math.inf  # set by `measure_starting_loss`; until then nothing counts as diverged
+
+    @torch.no_grad()
+    def measure_starting_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """The untrained model's loss on a batch (eval mode: no BatchNorm statistics move, no RNG is drawn)."""
+        self.net.eval()
+        self.starting_loss = F.cross_entropy(self.net(inputs), targets).item()
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self.timer.start()
@@ -84,6 +94,9 @@ class Trainer:
         mean_loss = loss_sum.item() / samples
         if not math.isfinite(mean_loss):
             raise TrialDiverged(f"training loss became {mean_loss}; the learning rate is probably too high")
+        if mean_loss > DIVERGED_FACTOR * self.starting_loss:
+            raise TrialDiverged(f"training loss rose from {self.starting_loss:.3g} to {mean_loss:.3g} (over "
+                                f"{DIVERGED_FACTOR:g}x); the learning rate is probably too high")
         return mean_loss
 
     @torch.no_grad()

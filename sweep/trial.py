@@ -293,6 +293,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
     trainer = Trainer(net, optimizer, mechanism, timer, device, setup.scheduler, spec.grad_clip_norm,
                       eval_mode_modules=held_norms(spec, net, setup.frozen), memory=memory,
                       tracer=Tracer(net, optimizer, mechanism, spec.grad_clip_norm))
+    trainer.measure_starting_loss(*probe_batch)  # before resuming: the same untrained model in every process
     checkpoint = Checkpoint(checkpoint_dir, repr(spec), checkpoint_every_s) if checkpoint_dir is not None else None
     run = PhasedRun(spec, setup, trainer, probe_batch, shuffling, checkpoint, started)
     run.resume()

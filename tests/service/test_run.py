@@ -102,16 +102,23 @@ def test_summary_table_and_next_steps_are_printed(tiny_sweep):
     assert "python -m sweep.report" in out
 
 
-def test_a_diverging_trial_is_failed_in_optuna_and_mlflow_and_the_sweep_completes(tmp_path, cache_dir):
-    done, studies, client = own_sweep(tmp_path, cache_dir, "+strategy=zero_lr", "optimizer.lr=1e6",
-                                      "search.n_trials=2", "train.epochs=1", "experiment=nan")
-    assert "Traceback" not in done.stderr
-    assert "trial 0 failed: TrialDiverged" in done.stderr
-    assert [t.state for t in studies["nan.zero_lr.head_backbone"].trials] == [TrialState.FAIL] * 2
-    experiment = client.get_experiment_by_name("nan")
+def test_diverged_trials_fail_and_are_replaced_until_max_failures_stops_the_study(tmp_path, cache_dir):
+    """A loss that explodes but stays finite (lr 1e6 under full_finetune) once 'finished' at chance accuracy."""
+    done, studies, client = own_sweep(tmp_path, cache_dir, "+strategy=full_finetune", "optimizer.lr=1e6",
+                                      "search.n_trials=1", "search.max_failures=2", "train.epochs=2",
+                                      "experiment=diverge")
+    assert "Traceback" not in done.stderr  # own_sweep checked exit 0: the sweep goes on to the next strategy
+    lines = done.stderr.replace("\r", "\n").splitlines()
+    assert sum("failed: TrialDiverged: training loss rose from " in line for line in lines) == 2, done.stderr
+    (stop,) = [line for line in lines if line.startswith("warning: ")]
+    assert stop.startswith("warning: full_finetune: no more trials after 2 failed in this run "
+                           "(search.max_failures=2); the study holds 0 of 1")
+    trials = studies["diverge.full_finetune.head_backbone"].trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # the first failure was replaced, the second stopped it
+    assert all(t.user_attrs["error"].startswith("TrialDiverged: training loss rose from") for t in trials)
+    experiment = client.get_experiment_by_name("diverge")
     runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
-    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
-    assert {r.data.tags["sweep.state"] for r in runs} == {"failed"}
+    assert sorted((r.info.status, r.data.tags["sweep.state"]) for r in runs) == [("FAILED", "failed")] * 2
 
 
 def test_an_explicit_override_is_fixed_and_two_objectives_are_recorded(tmp_path, cache_dir):
