@@ -47,8 +47,8 @@ class Verdict:
         unpaired = f"; {self.unpaired} measured trials had no partner" if self.unpaired else ""
         if self.other_backbone:
             trial, partner = self.other_backbone[0]
-            unpaired += (f"; {len(self.other_backbone)} were not compared because they started from another backbone "
-                         f"than their {self.reference} partner (sha256 {_short(trial.backbone_sha256)} vs "
+            unpaired += (f"; {len(self.other_backbone)} measured trial(s) not compared: they started from another "
+                         f"backbone than their {self.reference} partner (sha256 {_short(trial.backbone_sha256)} vs "
                          f"{_short(partner.backbone_sha256)})")
         if self.backbone_unrecorded:
             unpaired += f"; the backbone was not recorded for {self.backbone_unrecorded} of the pairs (assumed the same)"

@@ -73,9 +73,10 @@ def unfreezing(tmp_path_factory, cache_dir) -> Pitfall:
 
 @pytest.fixture(scope="module")
 def onecycle(tmp_path_factory, cache_dir) -> Pitfall:
-    """OneCycleLR with its scalar max_lr, two trials each so the searched backbone_ratio takes two values."""
+    """OneCycleLR with its scalar max_lr, two trials each so the searched backbone_ratio takes two values; from
+    scratch (model.weights=null), which changes none of its causes and makes each trial's backbone its own."""
     return pitfall(tmp_path_factory, cache_dir, "onecycle", "-m", "+strategy=requires_grad,zero_lr",
-                   "schedule=onecycle", "search.n_trials=2", "train.epochs=2")
+                   "schedule=onecycle", "search.n_trials=2", "train.epochs=2", "model.weights=null")
 
 
 @pytest.mark.parametrize("strategy", ["exclude_from_optimizer", "zero_lr", "weight_restore"])
@@ -183,6 +184,17 @@ def test_a_split_erased_by_onecycle_is_flagged_at_the_end_of_the_sweep_and_in_th
     assert [strategy for strategy, _ in best] == ["requires_grad", "zero_lr"], onecycle.report
     backbone, head = (onecycle.metric_history("onecycle", "requires_grad", f"lr/{unit}") for unit in ("conv3", "head"))
     assert backbone == head, "onecycle gives every group the same lr"
+
+
+def test_a_from_scratch_baseline_says_not_pretrained_at_the_end_of_the_sweep_and_in_the_report(onecycle):
+    stdout = " ".join(onecycle.sweep.stdout.split())
+    assert stdout.count("model: digits_cnn, not pretrained (random init from each trial's seed)") == 2  # both jobs
+    assert "> **Warning:** Experiment 'onecycle': the model was NOT pretrained" in onecycle.report
+    assert re.search(r"\| model pretrained +\| NO: not pretrained \(random init\) +\|", onecycle.report)
+    assert re.search(r"\| backbone sha256 \(the weights trials started from\) +\| 2 different: [0-9a-f]{12}, "
+                     r"[0-9a-f]{12} +\|", onecycle.report), "one random init per trial seed"
+    assert onecycle.finding("zero_lr").startswith("differs from requires_grad on 2 of 2 paired trials"), \
+        "trials of the same seed start from the same random backbone, so they are still paired"
 
 
 OLD_METRICS = {"val_accuracy", "train_loss", "test_accuracy", "train_time_s", "wall_time_s", "step_time_ms",
