@@ -10,8 +10,10 @@ batch goes through every variant, a mechanism's engine, plain and traced steps b
 to back, after warm-up rounds, so a noisy shared machine slows them alike. The JSON
 says where and how it ran, the median step times, the engine/plain ratio per
 mechanism with its spread and a verdict against the budget of 1.05 (none when the
-spread crosses it), the traced/engine ratio against its budget of 1.02, and the
-speed-up of `requires_grad` over `full_finetune`. `cached_prefix` is not here: its
+spread crosses it), the traced/engine ratio against its budget of 1.02, the
+tracer's own calls timed alone as a share of the engine's step (a precise figure
+where the machine is too busy for the ratio to decide), and the speed-up of
+`requires_grad` over `full_finetune`. `cached_prefix` is not here: its
 step is a step of the suffix; scripts/bench_cached_prefix.py times it per epoch.
 
     python scripts/bench_step.py [--out results/bench/step.json] [--rounds 20]
@@ -23,6 +25,7 @@ import json
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from importlib.metadata import version
@@ -77,6 +80,42 @@ def trial(strategy: str, spec: OptimizerSpec, seed: int) -> TrialSpec:
 
 def engine(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int) -> Step:
     return engine_step(trial(strategy, spec, seed), task, model_def)
+
+
+def _per_call_us(call: Callable[[], object], calls: int, repeats: int = 7) -> float:
+    """Microseconds per call: the fastest of `repeats` timed loops, as `timeit` reports (the least disturbed)."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            call()
+        best = min(best, time.perf_counter() - started)
+    return 1e6 * best / calls
+
+
+def tracing_cost_us(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int,
+                    batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """The tracer's own work, timed alone on a trained-once trainer: what it adds to every step (reading the lrs)
+    and to every epoch (sampling gradient norms, the invariant check, the summary). Far less noisy on a busy
+    machine than a whole step, whose time it is then set against."""
+    trainer = engine_trainer(trial(strategy, spec, seed), task, model_def, traced=True)
+    trainer.step(*batches[0])  # gradients and optimizer state exist, as mid-training
+    tracer = trainer.tracer
+
+    def per_step() -> None:
+        tracer.gradients()  # not sampling: the epoch's first step has been
+        tracer.update(None)
+
+    def per_epoch() -> None:
+        tracer.start_epoch()
+        tracer.gradients()  # the sampled step
+        tracer.update(None)
+        tracer.end_epoch()
+
+    step_us = _per_call_us(per_step, 2000)
+    epoch_us = _per_call_us(per_epoch, 100)
+    return {"per_step_us": step_us, "per_epoch_us": epoch_us,
+            "per_step_amortized_us": step_us + epoch_us / len(batches)}
 
 
 def traced(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int,
@@ -207,6 +246,8 @@ def main() -> None:
     tracing = {s: round_ratios(rounds, (s, TRACED), (s, "engine")) for s in PLAIN}
     tracing_verdicts = {s: budget_verdict(ratio, TRACING_BUDGET) for s, ratio in tracing.items()}
     tracing_within, tracing_verdict = overall_verdict(tracing_verdicts, TRACING_BUDGET)
+    costs = {s: tracing_cost_us(model_def, task, s, spec, args.seed, batches) for s in PLAIN}
+    shares = {s: costs[s]["per_step_amortized_us"] / (1000 * median_ms["engine"][s]) for s in PLAIN}
     report = {
         "benchmark": "one training step per mechanism: sweep's Trainer.step vs a plain hand-written PyTorch loop",
         "command": shlex.join([sys.executable, *sys.argv]),
@@ -240,6 +281,10 @@ def main() -> None:
         "tracing_budget": TRACING_BUDGET,
         "tracing_within_budget": tracing_within,
         "tracing_verdict": tracing_verdict,
+        "tracer_cost_us": costs,
+        "tracer_cost_is": "the tracer's own calls timed alone (fastest of 7 loops): per step, per epoch, and per step "
+                          "with the epoch's share (steps_per_round steps per epoch); no grad clipping",
+        "tracer_share_of_engine_step": shares,
         "speedup_requires_grad_over_full_finetune": {
             side: median_ms[side]["full_finetune"] / median_ms[side]["requires_grad"] for side in SIDES},
     }
@@ -251,7 +296,9 @@ def main() -> None:
               f"  ratio {ratio.median:.3f} (IQR {ratio.q1:.3f}-{ratio.q3:.3f})  traced/engine "
               f"{tracing[strategy].median:.3f} (IQR {tracing[strategy].q1:.3f}-{tracing[strategy].q3:.3f})")
     print(f"requires_grad over full_finetune: {report['speedup_requires_grad_over_full_finetune']['engine']:.2f}x; "
-          f"engine/plain {verdict}; tracing {tracing_verdict}; wrote {args.out}")
+          f"engine/plain {verdict}; tracing {tracing_verdict}")
+    print("tracer's own cost per step (epoch work amortized) over the engine's median step: "
+          + ", ".join(f"{s} {share:.2%}" for s, share in shares.items()) + f"; wrote {args.out}")
 
 
 if __name__ == "__main__":

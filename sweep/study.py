@@ -248,13 +248,18 @@ class StrategySummary:
                    max(deviations, default=None),
                    sum(t.user_attrs.get("invariant_failed_epochs", 0) > 0 for t in measured))
 
-    def frozen_verdict(self, drift: float | None, none_measured: str = "-") -> str:
-        """Short, for the terminal: yes, NO <max change>, n/a (nothing frozen) or `none_measured`."""
+    def frozen_verdict(self, drift: float | None, absent: str = "-") -> str:
+        """For the terminal: n/a (the baseline), yes, NO <largest change>, or `absent` where none was measured."""
         if self.strategy == BASELINE:
             return "n/a"
         if drift is None:
-            return none_measured if self.max_frozen_weight_drift is not None else "-"
+            return absent
         return "yes" if drift == 0 else f"NO {drift:.3g}"
+
+    def norm_statistics_verdict(self) -> str:
+        """"none": frozen weights were measured, but the frozen blocks hold no norm statistics."""
+        return self.frozen_verdict(self.max_frozen_buffer_drift, "none" if self.max_frozen_weight_drift is not None
+                                   else "-")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -270,7 +275,7 @@ def print_summary(plan: StudyPlan, studies: Sequence[StrategyStudy]) -> None:
     rows = [[s.strategy, f"{s.finished}/{s.pruned}/{s.failed}", _fmt(s.best_val_accuracy, ".4f"),
              _fmt(s.best_test_accuracy, ".4f"), _fmt(s.median_step_time_ms, ".2f"),
              _fmt(s.flops_per_step / baseline_flops if s.flops_per_step and baseline_flops else None, ".3f"),
-             s.frozen_verdict(s.max_frozen_weight_drift), s.frozen_verdict(s.max_frozen_buffer_drift, "none")]
+             s.frozen_verdict(s.max_frozen_weight_drift), s.norm_statistics_verdict()]
             for s in summaries]
     headers = ["strategy", "trials\nf/p/x", "best\nval acc", "its\ntest acc", "step\nms", "FLOPs\nvs base",
                "frozen\nweights", "frozen\nnorm stats"]

@@ -87,7 +87,6 @@ def rows(trials: list[TrialRecord]) -> list[tuple[str, Summarize]]:
         ("freezing, as run (finished trials of freezing strategies)", _freezing(_finished(each(_phases)))),
         ("epochs trained per finished trial", _finished(each(lambda t: str(t.epochs_run)))),
         ("epochs trained in all", _epochs_in_all),
-        ("lr splits", each(lambda t: t.lr_split)),
         *((path, each(_setting(path))) for path in [*settings, *FIXED]),
     ]
 
