@@ -14,6 +14,7 @@ from sweep.errors import NotApplicable
 from sweep.executors import make_executor
 from sweep.job import TrialInputs
 from sweep.search import SearchSettings, database_storage, journal_storage
+from sweep.stores import outage_is_one_line
 from sweep.strategies import MECHANISMS
 from sweep.study import StrategyStudy, StudyPlan, print_summary
 from sweep.threads import share_cores, threads_for
@@ -71,5 +72,6 @@ def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
     for reason in study_plan.left_out.values():
         print(f"not compared: {reason}")
     studies = [StrategyStudy(study_plan, strategy) for strategy in study_plan.strategies]
-    study_plan.executor.run(studies, TrialInputs(study_plan.model_def, study_plan.task, study_plan.feature_cache))
+    with outage_is_one_line():
+        study_plan.executor.run(studies, TrialInputs(study_plan.model_def, study_plan.task, study_plan.feature_cache))
     print_summary(study_plan, studies)

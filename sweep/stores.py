@@ -11,7 +11,8 @@
   tables appear.
 - A SQLite file another process holds in a write transaction is refused after
   a short wait, in one line, rather than after MLflow's 20 s busy timeout and
-  a traceback.
+  a traceback; a store that stops answering in the middle of a sweep is one
+  line too (the same command then resumes).
 """
 
 import json
@@ -141,3 +142,26 @@ def check_not_locked(database: Path | None, what: str) -> None:
                           "wait for it to finish, or use another results_dir or tracking.uri") from None
     finally:
         connection.close()
+
+
+def is_outage(err: BaseException) -> bool:
+    """A database or tracking server that stopped answering, or a SQLite file locked past its busy timeout."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(err, OperationalError):  # Optuna's database storage
+        return True
+    return isinstance(err, MlflowException) and (err.error_code == "TEMPORARILY_UNAVAILABLE"  # MLflow's database
+                                                 or str(err).startswith("API request to"))  # a tracking server
+
+
+@contextmanager
+def outage_is_one_line() -> Iterator[None]:
+    """Mid-sweep, a store that stops answering ends the sweep in one line: its trials resume on the next run."""
+    try:
+        yield
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        raise ConfigError(f"a store stopped answering mid-sweep ({one_line(err)[:200]}); once it answers again, run "
+                          "the same command: the interrupted trials resume from their checkpoints") from None

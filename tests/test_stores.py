@@ -5,6 +5,9 @@ import sqlite3
 
 import optuna
 import pytest
+import sqlalchemy
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
 from sweep import stores
 from sweep.errors import ConfigError
@@ -123,3 +126,21 @@ def test_a_sqlite_file_locked_by_another_writer_is_refused_in_one_line(tmp_path,
         stores.check_not_locked(database, "MLflow store")
     holder.execute("ROLLBACK")
     holder.close()
+
+
+@pytest.mark.parametrize("outage", [
+    sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("server closed the connection unexpectedly")),
+    MlflowException("(sqlite3.OperationalError) database is locked", error_code=TEMPORARILY_UNAVAILABLE),
+    MlflowException("API request to http://tracking:5000/api/2.0/mlflow/runs/create failed with exception "
+                    "HTTPConnectionPool(host='tracking', port=5000): Max retries exceeded"),
+], ids=["database", "locked sqlite", "tracking server"])
+def test_a_store_that_stops_answering_mid_sweep_is_one_line(outage):
+    with pytest.raises(ConfigError, match="a store stopped answering mid-sweep") as err:
+        with stores.outage_is_one_line():
+            raise outage
+    assert "\n" not in str(err.value) and "run the same command" in str(err.value)
+
+
+def test_other_errors_mid_sweep_keep_their_traceback():
+    with pytest.raises(KeyError), stores.outage_is_one_line():
+        raise KeyError("a bug")

@@ -4,7 +4,8 @@ One sweep is killed at every point in turn, each run resuming what the run
 before it left, with its checkpoint cut short on the way; a last run finds
 nothing left to do. What each kill left is recorded, and at the end: no RUNNING
 trial or MLflow run, exactly one run per trial, no metric step logged twice,
-and every trial has the parameters and results of an uninterrupted sweep's.
+and every trial has the parameters and results of the same study in the
+session's uninterrupted sweep (`tiny_sweep`).
 """
 
 import signal
@@ -19,10 +20,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.faults import VARIABLE
 from sweep.stores import open_journal
-from sweep_commands import Completed, sweep_command
+from sweep_commands import TINY_BUDGET, Completed, sweep_command
 
-ARGS = ["+strategy=requires_grad", "search.n_trials=2", "train.epochs=2", "experiment=crash"]
-STUDY = "crash.requires_grad.head_backbone"
+ARGS = ["+strategy=requires_grad", *TINY_BUDGET]
+STUDY = "tiny.requires_grad.head_backbone"
 POINTS = ["trial-created", "run-created", "checkpoint-saved", "trial-logged", "trials-done"]
 CHECKPOINT = Path("checkpoints", STUDY, "trial-0", "checkpoint.pt")
 
@@ -40,7 +41,7 @@ class Records:
     def read(cls, results_dir: Path, command: Completed) -> "Records":
         study = optuna.load_study(study_name=STUDY, storage=open_journal(results_dir / "optuna.journal"))
         client = MlflowClient(f"sqlite:///{results_dir / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("crash")
+        experiment = client.get_experiment_by_name("tiny")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         repeated = {}
         for run in runs:
@@ -81,13 +82,6 @@ def killed(tmp_path_factory, cache_dir) -> KilledSweep:
             (results_dir / CHECKPOINT).write_bytes(checkpoint[: len(checkpoint) // 2])  # a disk that filled up
     after["last"] = run_sweep(results_dir)
     return KilledSweep(results_dir, after)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache_dir) -> Records:
-    results_dir = tmp_path_factory.mktemp("uninterrupted")
-    (results_dir / "cache").symlink_to(cache_dir, target_is_directory=True)
-    return run_sweep(results_dir)
 
 
 def test_a_kill_right_after_creating_a_trial_leaves_a_trial_that_names_its_worker_and_is_resumed(killed):
@@ -133,8 +127,9 @@ def test_after_the_kills_nothing_is_left_running(killed):
     assert {r.info.status for r in last.runs} == {"FINISHED"}
 
 
-def test_trials_get_the_parameters_and_results_of_an_uninterrupted_sweep(killed, uninterrupted):
-    for trial, reference in zip(killed["last"].trials, uninterrupted.trials, strict=True):
+def test_trials_get_the_parameters_and_results_of_an_uninterrupted_sweep(killed, tiny_sweep):
+    uninterrupted = optuna.load_study(study_name=STUDY, storage=open_journal(tiny_sweep.journal)).trials
+    for trial, reference in zip(killed["last"].trials, uninterrupted, strict=True):
         assert trial.number == reference.number
         assert trial.params == reference.params, "pairing: trial i has the same parameters however interrupted"
         assert trial.values == reference.values
