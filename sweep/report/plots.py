@@ -192,10 +192,12 @@ def lr_traces(comparison: Comparison, styles: dict[str, Style]) -> Plot:
         ax.set_yscale("symlog", linthresh=1e-4)
         ax.set_title(f"{strategy} (trial {trial.number})", fontsize=9)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.set_xlim(0.5, max(max(trial.trace(k)) for k in drawn) + 0.5)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(shown):]:
         ax.set_visible(False)
+    fig.subplots_adjust(hspace=0.55, top=1 - 0.6 / (3.4 * rows))  # room for the title above the first row
     for row in axes:
         row[0].set_ylabel("lr (symlog: linear below 1e-4)")
     axes.flat[len(shown) - 1].legend(fontsize=8, title="param groups", loc="upper left", bbox_to_anchor=(1.02, 1))
