@@ -3,8 +3,9 @@
 Runs `python -m sweep.run` with each executor once per round (the order alternates round by round, so a noisy
 shared machine slows both sides alike), each into a fresh results_dir that links one pretrained-digits cache,
 warmed first so that no run pays for pretraining. Ray runs with `executor.max_concurrent` trials at once on a
-Ray instance the sweep starts on this machine. The environment is the user's, less OMP_NUM_THREADS: a local
-trial takes the cores of this host, a Ray trial the one CPU Ray gives it.
+Ray instance the sweep starts on this machine. Every trial runs one torch thread (`train.threads=1`, as a Ray
+trial reserving one CPU does anyway), so a trial computes the same on either side and the difference is
+running two at once, and what it costs to hand trials out.
 
 From the MLflow records of every run it takes, per trial, how long its run was open (the driver creates it
 when it hands the trial out; the trial's own process ends it) minus the trial's own `wall_time_s`: the
@@ -18,7 +19,6 @@ command's wall time is start-up before its first trial and the end after its las
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import subprocess
@@ -36,10 +36,9 @@ EXPERIMENT = "bench-executor"
 
 def sweep(results: Path, *args: str) -> tuple[float, float]:
     """Run the sweep into `results`; (epoch time at start, wall seconds)."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     started, clock = time.time(), time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "sweep.run", f"experiment={EXPERIMENT}", f"results_dir={results}",
-                           *args], cwd=REPO, env=env, capture_output=True, text=True)
+                           *args], cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - clock
     if done.returncode != 0:
         raise SystemExit(f"sweep failed ({shlex.join(args)}):\n{done.stderr[-3000:]}")
@@ -81,7 +80,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench/executor.json"))
     args = parser.parse_args()
 
-    budget = [f"search.n_trials={args.n_trials}", f"train.epochs={args.epochs}"]
+    budget = [f"search.n_trials={args.n_trials}", f"train.epochs={args.epochs}", "train.threads=1"]
     executors = {"local": ["executor=local"],
                  "ray": ["executor=ray", f"executor.max_concurrent={args.max_concurrent}"]}
     runs: dict[str, list[dict]] = {name: [] for name in executors}

@@ -29,6 +29,7 @@ STATE = "sweep.state"  # finished | pruned | failed
 DEVICE = "device"  # what a trial trained on: known only where it runs
 NODE = "sweep.node"  # where a trial's latest attempt ran: the Ray node id, or the host name when run locally
 WORKER_PROCESS = "sweep.worker"  # host:pid of the process that ran it
+ATTEMPT_FIRST_EPOCH = "attempt_first_epoch"  # metric, step n: the first epoch the trial's attempt n trained (1: fresh)
 PARAM_LENGTH = 6000  # MLflow's limit on a param value
 BACKBONE = "model.backbone"  # where the backbone's weights come from, in words
 BACKBONE_SHA256 = "backbone.sha256"  # of the backbone's state the trial started from
@@ -88,22 +89,30 @@ class TrialRun:
     A later attempt at a trial (after a killed sweep, a Ray retry, an
     unreadable checkpoint) repeats, identically, what the one before it did
     since its last checkpoint; what that attempt logged is not logged twice:
-    neither an epoch's step nor a final metric.
+    neither an epoch's step nor a final metric. Each attempt records the first
+    epoch it trained (`ATTEMPT_FIRST_EPOCH`), so the run shows where it resumed.
     """
 
-    def __init__(self, run_id: str, logged_epochs: int = 0, logged_keys: frozenset[str] = frozenset()) -> None:
+    def __init__(self, run_id: str, logged_epochs: int = 0, logged_keys: frozenset[str] = frozenset(),
+                 attempt: int = 0) -> None:
         self.run_id = run_id
         self.logged_epochs = logged_epochs
         self.logged_keys = logged_keys
+        self.attempt = attempt  # attempts at the trial that trained an epoch before this one
+        self._attempt_logged = False
 
     @classmethod
     def continued(cls, client: MlflowClient, run_id: str) -> "TrialRun":
         """A trial's run, with what earlier attempts at the trial logged (nothing, for the first)."""
         epochs = client.get_metric_history(run_id, "val_accuracy")
-        return cls(run_id, max((m.step for m in epochs), default=0), frozenset(client.get_run(run_id).data.metrics))
+        return cls(run_id, max((m.step for m in epochs), default=0), frozenset(client.get_run(run_id).data.metrics),
+                   len(client.get_metric_history(run_id, ATTEMPT_FIRST_EPOCH)))
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
         """The epoch's curves and traces (`sweep.trace`), in one call."""
+        if not self._attempt_logged:
+            mlflow.log_metric(ATTEMPT_FIRST_EPOCH, metrics.epoch, step=self.attempt)
+            self._attempt_logged = True
         if metrics.epoch <= self.logged_epochs:
             return
         mlflow.log_metrics({"val_accuracy": metrics.val_accuracy, "train_loss": metrics.train_loss, **metrics.trace},
