@@ -8,6 +8,7 @@ costs one environment lookup.
 - `trial-created`: Optuna holds a new trial, nothing else of it exists yet
 - `run-created`: the trial's MLflow run exists, the trial does not name it yet
 - `checkpoint-saved`: an epoch's checkpoint has just been written
+- `epoch-<N>-reported`: epoch N's metrics are logged, its checkpoint (if one is due) not yet written
 - `trial-logged`: a trial's final metrics are logged, Optuna not yet told its outcome
 - `trials-done`: a study's last trial is told, its MLflow parent run not yet ended
 """

@@ -15,6 +15,7 @@ from sweep.blocknet import BlockNet
 from sweep.checkpoint import Checkpoint, Progress
 from sweep.data import Task
 from sweep.errors import ConfigError, choice_error
+from sweep.faults import crash_point
 from sweep.feature_cache import FeatureCache
 from sweep.feeds import EVAL_BATCH_SIZE, Feed, FeedContext
 from sweep.lr_split import make_lr_split, param_groups
@@ -237,6 +238,7 @@ class PhasedRun:
         # Report, then checkpoint: the trackers get every epoch at least once. A kill before the next
         # checkpoint repeats the epochs since the last one identically; the other order could lose their records.
         stop = bool(on_epoch is not None and on_epoch(metrics))
+        crash_point(f"epoch-{metrics.epoch}-reported")
         ends_phase = self.setup.plan.starts_phase(metrics.epoch + 1) or metrics.epoch == self.spec.epochs
         if self.checkpoint is not None and (stop or ends_phase or self.checkpoint.due()):
             self.checkpoint.save(self.trainer, self.shuffling, index, self.progress_so_far())
