@@ -69,16 +69,17 @@ class PhaseResult:
     frozen_weight_drift: float | None = None  # None: this phase froze nothing
     frozen_buffer_drift: float | None = None  # None: nothing frozen, or no norm statistics among it
     trainable_params: int | None = None
-    frozen: str = ""  # what it froze, in words (`PhasePlan.describe_frozen`)
+    frozen: str = "not recorded"  # what it froze, in words (`PhasePlan.describe_frozen`); older checkpoints lack it
     lr_scale: float = 1.0
 
     def describe(self) -> str:
         """What this phase ran, for the records: "2 epochs, frozen conv1, conv2 (4,896 frozen / 50,117 trainable
         params)"."""
-        counts = f"{self.frozen_params:,} frozen / {self.trainable_params:,} trainable params"
+        trainable = f" / {self.trainable_params:,} trainable" if self.trainable_params is not None else ""
+        counts = f"{self.frozen_params:,} frozen{trainable} params"
         scale = f", lr x{self.lr_scale:g} for what it unfroze" if self.lr_scale != 1 else ""
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
-        return f"{epochs}, frozen {self.frozen or 'nothing'} ({counts}){scale}"
+        return f"{epochs}, frozen {self.frozen} ({counts}){scale}"
 
 
 def frozen_buffers(net: nn.Module, frozen: FrozenSet) -> dict[str, torch.Tensor]:
@@ -124,7 +125,7 @@ class PhasePlan:
         """Whole blocks by name, then any parameters a selection took out of other blocks."""
         frozen = self.frozen[index]
         loose = frozen.loose_params(self._net)
-        return ", ".join([*frozen.blocks, *([f"{len(loose)} more parameter tensors"] if loose else [])])
+        return ", ".join([*frozen.blocks, *([f"{len(loose)} more parameter tensors"] if loose else [])]) or "nothing"
 
     def thawed_params(self, index: int) -> list[nn.Parameter]:
         """What phase `index` unfreezes: frozen in the phase before, not in this one."""

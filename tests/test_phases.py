@@ -5,7 +5,7 @@ import torch
 
 from sweep.errors import ConfigError
 from sweep.optim import OptimizerSpec
-from sweep.phases import Phase, gradual_unfreezing
+from sweep.phases import Phase, PhaseResult, gradual_unfreezing
 from sweep.selection import Selection
 from sweep.strategies import MECHANISMS
 from sweep.trial import TrialSpec, set_up
@@ -133,3 +133,8 @@ def test_in_place_unfreezing_refuses_to_split_a_param_group(digits_model_def, di
     setup = set_up(phased_spec(strategy, phases), digits_task, digits_model_def)
     with pytest.raises(ConfigError, match="only part of group 'conv1/frozen'"):
         setup.plan.unfreeze(1, setup.mechanism, setup.optimizer, setup.groups_for)
+
+
+def test_a_phase_restored_from_a_checkpoint_older_than_its_description_still_describes_itself():
+    older = {"phase": 1, "frozen_params": 4848, "flops_per_step": 5, "epochs": 2}  # what such a checkpoint holds
+    assert PhaseResult(**older).describe() == "2 epochs, frozen not recorded (4,848 frozen params)"
