@@ -159,7 +159,8 @@ def test_a_results_dir_without_records_is_refused_and_nothing_is_created(tmp_pat
 def test_failed_trials_are_counted_and_an_experiment_with_none_finished_is_refused(tmp_path, cache_dir, capsys):
     (tmp_path / "cache").symlink_to(cache_dir, target_is_directory=True)
     budget = ["search.n_trials=1", "train.epochs=1", "experiment=mixed", f"results_dir={tmp_path}"]
-    diverging = sweep_command("sweep.run", "+strategy=requires_grad", "optimizer.lr=1e6", *budget)
+    diverging = sweep_command("sweep.run", "+strategy=requires_grad", "optimizer.lr=1e6", "search.max_failures=1",
+                              *budget)  # one failure stops the study, rather than three retries
     assert diverging.returncode == 0, diverging.stderr
     refused = report_here(capsys, "experiment=mixed", *report_args(tmp_path))
     assert_one_line_error(refused, "experiment 'mixed' has no finished trials yet (1 failed)")
