@@ -31,6 +31,7 @@ import torch
 from sweep.blocknet import BlockNet
 from sweep.errors import ConfigError, one_line, warn
 from sweep.faults import crash_point
+from sweep.paths import remove_empty_dirs
 from sweep.phases import PhaseResult
 from sweep.train import EpochMetrics, Trainer
 
@@ -148,7 +149,9 @@ class Checkpoint:
         return Progress.from_dict(saved["progress"])
 
     def discard(self) -> None:
-        """The trial finished: remove its checkpoint and any temporary file a killed process left."""
+        """The trial finished: remove its checkpoint, any temporary file a killed process left, and the trial's
+        folder once empty (the study's folder stays: other workers may be creating trial folders in it)."""
         self.path.unlink(missing_ok=True)
         for partial in self.path.parent.glob(f"{self.path.stem}.*.tmp"):
             partial.unlink(missing_ok=True)
+        remove_empty_dirs(self.path.parent, self.path.parent)

@@ -5,8 +5,7 @@ run or file is created, so a mistake ends cleanly with one line.
 """
 
 import copy
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import fields
 from typing import Any
 
 from sweep.data import Task, make_task
@@ -14,6 +13,7 @@ from sweep.errors import ConfigError
 from sweep.feature_cache import FeatureCache
 from sweep.models import ModelDef, make_model_def
 from sweep.optim import OptimizerSpec
+from sweep.paths import Workspace
 from sweep.phases import Phase, gradual_unfreezing
 from sweep.selection import Selection
 from sweep.trial import CHECKPOINT_EVERY_S, RunSettings, TrialSpec
@@ -96,6 +96,7 @@ def phase_list(cfg: Config, first: Selection, epochs: int) -> tuple[Phase, ...]:
     """`phases`: a list of {epochs, freeze, lr_scale}; or `gradual_unfreezing`: true or {epochs_per_block,
     lr_scale}, ULMFiT-style from freeze.depth over train.epochs. Neither: no phases."""
     listed, gradual = cfg.get("phases") or [], cfg.get("gradual_unfreezing")
+    gradual = None if gradual is False else gradual
     if listed and gradual is not None:
         raise ConfigError("give either phases or gradual_unfreezing, not both")
     if gradual is not None:
@@ -173,30 +174,13 @@ def without_run_settings(cfg: Config) -> Config:
     return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in RUN_SETTINGS}}
 
 
-@dataclass
-class Workspace:
-    """Where a sweep reads and writes: absolute paths, anchored at the user's working directory."""
-
-    base_dir: Path
-    results_dir: Path
-
-    @classmethod
-    def from_config(cls, cfg: Config, base_dir: Path) -> "Workspace":
-        results = Path(cfg["results_dir"]).expanduser()
-        return cls(base_dir, results if results.is_absolute() else (base_dir / results).resolve())
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.results_dir / "cache"
-
-
 def feature_cache(cfg: Config, workspace: Workspace) -> FeatureCache:
     """`cache.max_bytes` of features held in memory; every entry is also kept under results/cache/features/."""
     max_bytes = cfg["cache"]["max_bytes"]
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
         raise ConfigError(f"cache.max_bytes={max_bytes!r} must be a whole number of bytes >= 0 (0: keep nothing in "
                           "memory, read every cache from its file)")
-    return FeatureCache(workspace.cache_dir / "features", max_bytes)
+    return FeatureCache(workspace.path("cache", "features"), max_bytes)
 
 
 def model_and_task(cfg: Config, workspace: Workspace) -> tuple[ModelDef, Task]:

@@ -4,6 +4,7 @@ The command line catches `ConfigError` and prints its message as one line with
 exit code 2; everything else is a bug and keeps its traceback.
 """
 
+import difflib
 import sys
 from collections.abc import Iterable
 
@@ -39,3 +40,13 @@ def warn(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def unknown_key(key: str, known: Iterable[str]) -> ConfigError:
+    """A config key that does not exist, with the closest existing one and the keys beside it."""
+    siblings = sorted(known)
+    parent, _, leaf = key.rpartition(".")
+    close = difflib.get_close_matches(leaf, siblings, n=1)
+    hint = f"did you mean {'.'.join(filter(None, [parent, close[0]]))!r}? " if close else ""
+    return ConfigError(f"unknown config key {key!r}; {hint}the keys{f' under {parent}' if parent else ''} are: "
+                       f"{', '.join(siblings) or 'none'}")

@@ -13,12 +13,13 @@ from sweep.config import (Workspace, feature_cache, has_path, model_and_task, ru
 from sweep.errors import NotApplicable
 from sweep.executors import make_executor
 from sweep.job import TrialInputs
+from sweep.paths import default_uri
 from sweep.search import SearchSettings, database_storage, journal_storage
 from sweep.stores import outage_is_one_line
 from sweep.strategies import MECHANISMS
 from sweep.study import StrategyStudy, StudyPlan, print_summary
 from sweep.threads import share_cores, threads_for
-from sweep.tracking import Tracker, check_reachable, default_uri
+from sweep.tracking import Tracker, check_reachable
 from sweep.trial import set_up
 from sweep.workers import WorkerRegistry
 

@@ -8,7 +8,7 @@ do with them (drop them, give them lr 0, or train-and-restore them).
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -87,15 +87,16 @@ class Layerwise(LrSplit):
 class Groups(LrSplit):
     """Explicit per-unit lr and weight decay; units not named train at the optimizer's defaults."""
 
-    groups: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    groups: Mapping[str, Mapping[str, float]] | None = None  # None: no unit named
 
     def rates(self, units, lr, weight_decay):
-        unknown = set(self.groups) - set(units)
+        groups = self.groups or {}
+        unknown = set(groups) - set(units)
         if unknown:
             raise ConfigError(f"lr_split.groups names unknown units {sorted(unknown)}; choose among: {', '.join(units)}")
         rates = {}
         for unit in units:
-            given = dict(self.groups.get(unit, {}))
+            given = dict(groups.get(unit, {}))
             bad_keys = set(given) - {"lr", "weight_decay"}
             if bad_keys:
                 raise ConfigError(f"lr_split.groups.{unit} has unknown keys {sorted(bad_keys)}; use lr and weight_decay")

@@ -6,7 +6,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
+
 from sweep.errors import ConfigError, choice_error
+from sweep.schema import explain
 
 T = TypeVar("T")
 
@@ -55,18 +58,33 @@ class Registry(Generic[T]):
     def build(self, name: str, options: Mapping[str, Any], *args: Any, **fixed: Any) -> Any:
         """Call entry `name` with the code's `args`/`fixed` and the user's config `options`.
 
-        The options are checked against the entry's signature first, so a typo
-        in a yaml key names the valid keys, and a TypeError raised inside the
-        entry is never mistaken for one.
+        The options are checked against the entry's signature first, names and
+        (strictly, as `sweep.schema` checks the rest of the config) annotated
+        types, so a typo in a yaml key names the valid keys, `model.width=abc`
+        is one line, and a TypeError raised inside the entry is never mistaken for one.
         """
         entry = self.get(name)
-        signature = inspect.signature(entry)
+        signature = _signature(entry)
         try:
             signature.bind(*args, **fixed, **options)
         except TypeError as err:
             accepted = [p for i, p in enumerate(signature.parameters) if i >= len(args) and p not in fixed]
             raise ConfigError(f"{self.kind} {name!r}: {err}; its options are: {', '.join(accepted) or 'none'}") from None
+        for key, value in options.items():
+            parameter = signature.parameters.get(key)
+            if parameter is not None and parameter.annotation is not inspect.Parameter.empty:
+                self._check_type(name, key, parameter.annotation, value)
         return entry(*args, **fixed, **options)
+
+    def _check_type(self, name: str, key: str, annotation: Any, value: Any) -> None:
+        try:
+            adapter = TypeAdapter(annotation, config=ConfigDict(strict=True, arbitrary_types_allowed=True))
+        except PydanticUserError:  # an annotation pydantic cannot check (a forward reference): the entry checks it
+            return
+        try:
+            adapter.validate_python(value)
+        except ValidationError as err:
+            raise ConfigError(f"{self.kind} {name!r}: {explain(err, {key: value}, at=(key,))}") from None
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -76,3 +94,11 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def _signature(entry: Any) -> inspect.Signature:
+    """The entry's signature with string annotations (`from __future__ import annotations`) resolved where possible."""
+    try:
+        return inspect.signature(entry, eval_str=True)
+    except (NameError, TypeError):
+        return inspect.signature(entry)

@@ -15,8 +15,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.cli import CONF_DIR, check_group_choices, fail_cleanly
+from sweep.cli import CONF_DIR, check_command_line, fail_cleanly, hydra_output_dir
+from sweep.paths import first_missing
 from sweep.stages import stage
+
+PRIMARY_CONFIG = "config"  # conf/config.yaml
 
 
 def explicit_overrides() -> set[str]:
@@ -28,17 +31,19 @@ def explicit_overrides() -> set[str]:
     return keys
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _sweep(cfg: DictConfig) -> None:
-    with fail_cleanly(Path(HydraConfig.get().runtime.output_dir)):
-        with stage("loading torch, Optuna and MLflow"):
-            from sweep import launch  # seconds to import, so only once there is a sweep to run
-        launch.run(OmegaConf.to_container(cfg, resolve=True), Path.cwd(), explicit_overrides())
-
-
 def main() -> None:
-    check_group_choices(sys.argv[1:])
-    _sweep()
+    argv = sys.argv[1:]
+    checked = check_command_line(argv, PRIMARY_CONFIG, Path.cwd())  # before Hydra writes its run folder
+    new_dir = first_missing(hydra_output_dir(argv, PRIMARY_CONFIG)) if checked else None
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG)
+    def sweep(cfg: DictConfig) -> None:
+        with fail_cleanly(new_dir):
+            with stage("loading torch, Optuna and MLflow"):
+                from sweep import launch  # seconds to import, so only once there is a sweep to run
+            launch.run(OmegaConf.to_container(cfg, resolve=True), Path.cwd(), explicit_overrides())
+
+    sweep()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.config import split_name
 from sweep.errors import ConfigError, one_line
 from sweep.faults import crash_point
+from sweep.paths import inside
 from sweep.registry import Registry
+from sweep.schema import dimensions
 from sweep.stores import open_journal, retry_schema_race
 from sweep.workers import WORKER
 
@@ -32,7 +34,7 @@ WORKER_ATTR = "worker"  # the trial's user attribute naming the process that run
 
 @dataclass(frozen=True)
 class Dimension:
-    """One searched hyperparameter: a config path and its range."""
+    """One searched hyperparameter: a config path and its range (checked by `sweep.schema.Dimension`)."""
 
     path: str
     type: str
@@ -42,8 +44,6 @@ class Dimension:
 
     def suggest(self, trial: optuna.Trial) -> float | int:
         suggest = {"float": trial.suggest_float, "int": trial.suggest_int}
-        if self.type not in suggest:
-            raise ConfigError(f"search.space.{self.path}.type={self.type!r}; choose one of: float, int")
         return suggest[self.type](self.path, self.low, self.high, log=self.log)
 
 
@@ -60,32 +60,17 @@ class SearchSettings:
     @classmethod
     def from_config(cls, section: dict[str, Any], cfg_has: Callable[[str], bool], fixed: set[str]) -> "SearchSettings":
         """Keeps only dimensions the config has and the user did not fix on the command line."""
-        n_trials = section["n_trials"]
-        if not isinstance(n_trials, int) or n_trials < 1:
-            raise ConfigError(f"search.n_trials={n_trials!r} must be a whole number >= 1")
-        max_failures = section["max_failures"]
-        if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
-            raise ConfigError(f"search.max_failures={max_failures!r} must be a whole number >= 1")
-        space = []
-        for path, bounds in (section.get("space") or {}).items():
-            if path in fixed or not cfg_has(path):
-                continue
-            try:
-                dim = Dimension(path, **bounds)
-            except TypeError as err:
-                raise ConfigError(f"search.space.{path}: {err}; give type, low, high and optionally log") from None
-            if not dim.low < dim.high or (dim.log and dim.low <= 0):
-                raise ConfigError(f"search.space.{path}: need low < high (and low > 0 with log), got {bounds}")
-            space.append(dim)
-        multi_objective = bool(section["multi_objective"])
+        space = [Dimension(path, **bounds) for path, bounds in dimensions(section.get("space")).items()
+                 if path not in fixed and cfg_has(path)]
+        multi_objective = section["multi_objective"]
         pruner_name, pruner_options = split_name(section["pruner"], "search.pruner")
         pruner = PRUNERS.build("none" if multi_objective else pruner_name, {} if multi_objective else pruner_options)
-        return cls(n_trials, max_failures, section["sampler_seed"], section.get("storage"), multi_objective, pruner,
-                   space)
+        return cls(section["n_trials"], section["max_failures"], section["sampler_seed"], section.get("storage"),
+                   multi_objective, pruner, space)
 
 
 def journal_path(results_dir: Path) -> Path:
-    return results_dir / "optuna.journal"
+    return inside(results_dir, "optuna.journal")
 
 
 def journal_storage(results_dir: Path) -> BaseStorage:

@@ -1,5 +1,6 @@
 """One strategy's Optuna study: its trials, their MLflow runs, progress, and the end-of-sweep summary."""
 
+import shlex
 import statistics
 import sys
 import textwrap
@@ -15,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tabulate import tabulate
 from tqdm import tqdm
 
-from sweep.config import Workspace, flatten, trial_spec, with_values
+from sweep.cli import override
+from sweep.config import flatten, trial_spec, with_values
 from sweep.data import Task
 from sweep.errors import warn
 from sweep.executors import Executor
@@ -23,6 +25,7 @@ from sweep.faults import crash_point
 from sweep.feature_cache import FeatureCache
 from sweep.job import TrialJob, TrialOutcome
 from sweep.models import ModelDef
+from sweep.paths import Workspace, default_uri
 from sweep.schedules import SCALAR_LR_SCHEDULES
 from sweep.search import (WORKER_ATTR, SearchSettings, TrialBudget, check_study, done_trials, fingerprint_of,
                           open_study, study_name)
@@ -172,7 +175,7 @@ class StrategyStudy:
         return [t for t in running if worker_is_dead(t.user_attrs.get(WORKER_ATTR))]
 
     def checkpoint_dir(self, number: int) -> Path:
-        return self.plan.workspace.results_dir / "checkpoints" / self.name / f"trial-{number}"
+        return self.plan.workspace.checkpoint_dir(self.name, number)
 
     def _start(self, trial: optuna.Trial, last_step: int | None) -> TrialJob:
         """Sample (or, for an interrupted trial, recall) its hyperparameters and give it an MLflow run."""
@@ -289,9 +292,13 @@ def print_summary(plan: StudyPlan, studies: Sequence[StrategyStudy]) -> None:
         print("\n" + "\n".join(textwrap.fill(note, WIDTH, subsequent_indent="  ") for note in notes))
     uri = plan.tracker.uri
     results = plan.workspace.results_dir
-    print(f"\nBrowse the runs:   mlflow ui --backend-store-uri {uri}")
-    print(f"Export the report: python -m sweep.report experiment={plan.experiment} results_dir={results}"
-          + ("" if uri.startswith(f"sqlite:///{results}") else f" tracking.uri={uri}"))
+    report = ["python", "-m", "sweep.report", override("experiment", plan.experiment), override("results_dir", results)]
+    if uri != default_uri(results):
+        report.append(override("tracking.uri", uri))
+    if plan.settings.storage is not None:
+        report.append(override("search.storage", plan.settings.storage))
+    print(f"\nBrowse the runs:   {shlex.join(['mlflow', 'ui', '--backend-store-uri', uri])}")  # pasted into a shell
+    print(f"Export the report: {shlex.join(report)}")
 
 
 def _names(summaries: Sequence[StrategySummary]) -> str:

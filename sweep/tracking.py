@@ -37,10 +37,6 @@ PHASES = "freeze.phases"  # what each phase froze, for how many epochs, in words
 PHASE_SEPARATOR = " | "
 
 
-def default_uri(results_dir: Path) -> str:
-    return f"sqlite:///{results_dir / 'mlflow.db'}"
-
-
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` tracking URI; None for any other store."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
@@ -52,6 +48,13 @@ def artifact_location(uri: str) -> str | None:
     if database is None:
         return None  # a tracking server has its own artifact root
     return (database.resolve().parent / "mlartifacts").as_uri()
+
+
+def artifacts_beside(uri: str, location: str) -> bool:
+    """Whether an experiment's recorded artifact location is where this store keeps artifacts. False for a
+    SQLite database copied or moved from elsewhere: its experiments still name the old absolute path."""
+    expected = artifact_location(uri)
+    return expected is None or location == expected or location.startswith(f"{expected}/")
 
 
 def quiet_mlflow() -> None:

@@ -120,9 +120,16 @@ class TrialResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when there is a GPU; a device named explicitly must exist on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    available = {"cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                 "mps": int(torch.backends.mps.is_available())}
+    if (device.index or 0) >= available.get(device.type, 1):
+        raise ConfigError(f"device={name}, but torch sees {available[device.type]} {device.type} device(s) here; "
+                          "pass device=cpu, or device=auto to use a GPU when there is one")
+    return device
 
 
 @dataclass

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from sweep.paths import inside
+
 HOST = socket.gethostname()
 WORKER = f"{HOST}:{os.getpid()}"  # which process runs a trial: workers may share a study
 
@@ -46,7 +48,7 @@ class WorkerRegistry:
     """The live sweep workers of this host that share `results_dir`."""
 
     def __init__(self, results_dir: Path) -> None:
-        self.directory = results_dir / "workers" / HOST
+        self.directory = inside(results_dir, "workers", HOST)
         self._entry = self.directory / str(os.getpid())
 
     def register(self) -> None:

@@ -9,12 +9,14 @@ test set and the validation set is carved from the training split.
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Subset
 from torchvision.datasets import CIFAR10, CIFAR100, MNIST, FashionMNIST, ImageFolder, VisionDataset
 from torchvision.transforms import v2
@@ -86,6 +88,17 @@ mnist_task = partial(official_task, OfficialSet("MNIST", MNIST), "mnist")
 fashionmnist_task = partial(official_task, OfficialSet("FashionMNIST", FashionMNIST), "fashionmnist")
 
 
+def check_images(paths: Iterable[str]) -> None:
+    """Decode every image once before training, so a corrupt or truncated file is one line now, not a failed
+    trial later (one pass costs less than the first epoch, which decodes them all too)."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+            raise ConfigError(f"cannot read image {path} ({one_line(err)}); remove or replace it") from None
+
+
 def imagefolder_task(input_spec: InputSpec, base_dir: Path, root: str | None = None, split_seed: int = 0,
                      val_fraction: float = 0.1, test_fraction: float = 0.1) -> Task:
     """A user's own images, `root/<class>/<image>`; train, val and test are all carved from them."""
@@ -97,6 +110,10 @@ def imagefolder_task(input_spec: InputSpec, base_dir: Path, root: str | None = N
     except FileNotFoundError as err:
         raise ConfigError(f"no images under {root_dir} ({one_line(err)}); data.root needs one sub-folder of images "
                           "per class, e.g. root/cat/1.png, root/dog/2.jpg") from None
+    if len(images.classes) < 2:
+        raise ConfigError(f"data.root={root_dir} has {len(images.classes)} class folder ({', '.join(images.classes)}); "
+                          "a classifier needs at least two: one sub-folder of images per class")
+    check_images(path for path, _ in images.samples)
     train, val, test = three_way_split(np.asarray(images.targets), val_fraction, test_fraction, split_seed)
     subsets = (Subset(images, part.tolist()) for part in (train, val, test))
     return Task("imagefolder", *subsets, num_classes=len(images.classes), identity=files_stamp(images.samples))

@@ -10,68 +10,71 @@ summary.csv into <results_dir>/reports/<experiment>/, and logs them to the exper
     python -m sweep.report tracking.uri=http://host:5000 search.storage=postgresql://user@host/db
 """
 
+import hashlib
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from sweep.cli import CONF_DIR, check_group_choices, fail
-from sweep.config import Workspace
+from sweep.cli import check_group_choices, fail, load_config
 from sweep.errors import ConfigError
-from sweep.report.document import build, safe_name
-from sweep.report.publish import log_to_mlflow, staged
-from sweep.report.records import Sources, load
-from sweep.report.render import write
-from sweep.tracking import default_uri
+from sweep.paths import Workspace, default_uri, inside
+from sweep.report.folder import check_out_dir, staged
 
 PRIMARY_CONFIG = "report"  # conf/report.yaml: the run command's config plus a `report:` section
 
 
 @dataclass
 class ReportSettings:
-    sources: Sources
+    tracking_uri: str
+    storage_url: str | None
+    results_dir: Path
     experiments: list[str]
     out_dir: Path
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], base_dir: Path) -> "ReportSettings":
         results_dir = Workspace.from_config(cfg, base_dir).results_dir
-        sources = Sources(cfg["tracking"]["uri"] or default_uri(results_dir), cfg["search"]["storage"], results_dir)
         chosen = cfg["report"]["experiments"] or [cfg["experiment"]]
         # names arrive as numbers from the command line (`experiment=2024`), as in sweep.run
         experiments = [str(e) for e in (chosen if isinstance(chosen, list) else [chosen])]
         if len(set(experiments)) != len(experiments) or not all(experiments):
             raise ConfigError(f"report.experiments={chosen!r} must be distinct experiment names, e.g. [a,b]")
         out_dir = cfg["report"]["out_dir"]
-        out_dir = Path(out_dir).expanduser() if out_dir else results_dir / "reports" / safe_name("+".join(experiments))
-        return cls(sources, experiments, out_dir if out_dir.is_absolute() else (base_dir / out_dir).resolve())
+        out_dir = Path(out_dir).expanduser() if out_dir else inside(results_dir, "reports", folder_name(experiments))
+        out_dir = out_dir if out_dir.is_absolute() else (base_dir / out_dir).resolve()
+        check_out_dir(out_dir)
+        return cls(cfg["tracking"]["uri"] or default_uri(results_dir), cfg["search"]["storage"], results_dir,
+                   experiments, out_dir)
 
 
-def composed_config(argv: list[str]) -> dict[str, Any]:
-    """The same conf/ tree and override syntax as `python -m sweep.run`, without Hydra's output folders."""
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="sweep-report"):
-            cfg = compose(PRIMARY_CONFIG, overrides=argv)
-        return OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(str(err).strip().splitlines()[0]) from None
+def folder_name(experiments: list[str]) -> str:
+    """`a+b` for a report over experiments a and b; shortened, with a hash to stay unique, when that is long."""
+    name = "+".join(experiments)
+    return name if len(name) <= 100 else f"{name[:80]}+{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
-def make_report(settings: ReportSettings, command: str) -> Path:
-    """Read the records, build every file in a staging folder, log it to MLflow, then move it into place."""
-    records = load(settings.sources, settings.experiments)
+def make_report(settings: ReportSettings, command: str) -> list[str]:
+    """Read the records, build every file in a staging folder, log it to MLflow, then move it into place;
+    return the experiments the report was attached to in MLflow.
+
+    MLflow, Optuna and matplotlib are imported here, once the settings are known to be good: a mistake
+    answers without them."""
+    import optuna
+
+    from sweep.report.document import build
+    from sweep.report.publish import log_to_mlflow
+    from sweep.report.records import Sources, load
+    from sweep.report.render import write
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    records = load(Sources(settings.tracking_uri, settings.storage_url, settings.results_dir), settings.experiments)
     document = build(records, command)
     with staged(settings.out_dir) as staging:
         write(document, records, staging)
-        log_to_mlflow(settings.sources.tracking_uri, settings.experiments, staging, settings.out_dir.name)
-    return settings.out_dir
+        attached = log_to_mlflow(settings.tracking_uri, settings.experiments, staging, settings.out_dir.name)
+    return attached
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,12 +83,16 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__.strip())
         return
     check_group_choices(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        settings = ReportSettings.from_config(composed_config(argv), Path.cwd())
-        out_dir = make_report(settings, shlex.join(["python", "-m", "sweep.report", *argv]))
+        settings = ReportSettings.from_config(load_config(PRIMARY_CONFIG, argv, Path.cwd()), Path.cwd())
+        attached = make_report(settings, shlex.join(["python", "-m", "sweep.report", *argv]))
     except ConfigError as err:
         fail(str(err))
-    print(f"report: {out_dir / 'report.html'}\n        (with report.md, its plots, trials.csv and summary.csv; "
-          f"also logged to MLflow experiment{'s' if len(settings.experiments) > 1 else ''} "
-          f"{', '.join(settings.experiments)})")
+    print(f"report: {settings.out_dir / 'report.html'}\n        (with report.md, its plots, trials.csv and summary.csv"
+          + (f"; also logged to MLflow experiment{'s' if len(attached) > 1 else ''} {', '.join(attached)})"
+             if attached else ")"))
+    left_out = [e for e in settings.experiments if e not in attached]
+    if left_out:
+        print(f"warning: not logged to MLflow experiment{'s' if len(left_out) > 1 else ''} {', '.join(left_out)}: "
+              "MLflow would write its artifacts at the absolute path recorded where the database was made, not beside "
+              "it (the results directory was copied or moved); the report files are in place", file=sys.stderr)

@@ -124,7 +124,7 @@ def build(records: Records, command: str) -> Document:
     palette = styles(sorted({s.strategy for s in records.studies}))
     sections = [Section(c.title, safe_name(f"{c.experiment}.{c.lr_split}"), _findings(c),
                         [plot(c, palette) for plot in PLOTS]) for c in found]
-    sources = [("tracking URI", records.sources.tracking_uri), ("Optuna storage", records.sources.storage_label),
+    sources = [("tracking URI", records.sources.tracking_label), ("Optuna storage", records.sources.storage_label),
                ("regenerate with", command)]
     return Document(f"freeze-sweep report: {', '.join(records.experiments)}",
                     datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), sources,

@@ -38,8 +38,19 @@ class Sources:
     results_dir: Path
 
     @property
+    def tracking_label(self) -> str:
+        """The tracking URI for the report's reader: a database under the working directory as a relative path
+        (`sqlite:///results/mlflow.db`), so a report committed to a repository names no machine's folders."""
+        database = sqlite_path(self.tracking_uri)
+        return self.tracking_uri if database is None else f"sqlite:///{_from_cwd(database)}"
+
+    @property
     def storage_label(self) -> str:
-        return self.storage_url or str(journal_path(self.results_dir))
+        return self.storage_url or str(_from_cwd(journal_path(self.results_dir)))
+
+
+def _from_cwd(path: Path) -> Path:
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 @dataclass

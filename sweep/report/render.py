@@ -2,6 +2,8 @@
 
 import base64
 import csv
+import html as html_lib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,26 +98,38 @@ def html(doc: Document) -> str:
     return HTML.render(doc=doc, table=_table_html, images=images)
 
 
+def text(value: str) -> str:
+    """Plain text for Markdown: names come from the records, and a `<script>` or a `[link](...)` in one must
+    stay text (the HTML report gets the same from Jinja's autoescape)."""
+    return re.sub(r"([\\`\[\]|])", r"\\\1", html_lib.escape(value, quote=False))
+
+
+def code(value: str) -> str:
+    """A Markdown code span that no backtick inside `value` can end."""
+    fence = "`" * (max(map(len, re.findall("`+", value)), default=0) + 1)
+    return f"{fence} {value} {fence}"
+
+
 def _table_markdown(t: Table) -> str:
-    rows = [[cell.replace("|", "\\|") for cell in row] for row in t.rows]  # a regex's | would end the cell
-    return f"## {t.title}\n\n{t.caption}\n\n{tabulate(rows, headers=t.headers, tablefmt='github')}\n"
+    rows = [[text(cell) for cell in row] for row in t.rows]
+    return f"## {text(t.title)}\n\n{text(t.caption)}\n\n{tabulate(rows, headers=[text(h) for h in t.headers], tablefmt='github')}\n"
 
 
 def markdown(doc: Document) -> str:
-    parts = [f"# {doc.title}\n", f"Generated {doc.generated}.\n",
-             *(f"- {label}: `{value}`" for label, value in doc.sources), ""]
-    parts += [f"> **Warning:** {warning}\n" for warning in doc.warnings]
+    parts = [f"# {text(doc.title)}\n", f"Generated {doc.generated}.\n",
+             *(f"- {label}: {code(value)}" for label, value in doc.sources), ""]
+    parts += [f"> **Warning:** {text(warning)}\n" for warning in doc.warnings]
     parts += [_table_markdown(doc.facts), "## Findings\n"]
     for section in doc.sections:
-        heading = [f"### {section.title}\n"] if len(doc.sections) > 1 else []
-        parts += [*heading, *(f"- {finding}" for finding in section.findings), ""]
+        heading = [f"### {text(section.title)}\n"] if len(doc.sections) > 1 else []
+        parts += [*heading, *(f"- {text(finding)}" for finding in section.findings), ""]
     parts += [_table_markdown(t) for t in doc.tables]
     for section in doc.sections:
-        parts.append(f"## Plots: {section.title}\n")
+        parts.append(f"## Plots: {text(section.title)}\n")
         for plot in section.plots:
-            body = (f"![{plot.title}]({plot_file(section, plot, doc.sections)})\n\n*{plot.caption}*"
-                    if plot.png else f"No figure: {plot.note}.")
-            parts.append(f"### {plot.title}\n\n{body}\n")
+            body = (f"![{text(plot.title)}]({plot_file(section, plot, doc.sections)})\n\n*{text(plot.caption)}*"
+                    if plot.png else f"No figure: {text(plot.note)}.")
+            parts.append(f"### {text(plot.title)}\n\n{body}\n")
     return "\n".join(parts)
 
 

@@ -1,5 +1,6 @@
 """Running the real commands from tests, as a user would. (A plain module: `conftest` is an ambiguous import name.)"""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -38,3 +39,15 @@ def finish(process: subprocess.Popen) -> Completed:
 def sweep_command(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> Completed:
     """Run `python -m <module> args...` to the end."""
     return finish(start_command(module, *args, cwd=cwd, env=env))
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every directory and file under `root`, files by the sha256 of their bytes."""
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            found[os.path.relpath(Path(directory, name), root)] = "dir"
+        for name in files:
+            path = Path(directory, name)
+            found[os.path.relpath(path, root)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from sweep_commands import DEFAULT_STRATEGIES, Completed, sweep_command
 from sweep.report import main
 from sweep.report.document import build
-from sweep.report.publish import staged
+from sweep.report.folder import MARKER, staged
 from sweep.report.records import Records, Sources, StudyRecord, TrialRecord
 from sweep.report.render import html, markdown
 from sweep.strategies import MECHANISMS
@@ -197,17 +197,31 @@ def test_a_model_that_was_not_pretrained_is_said_before_any_number():
     assert "NOT pretrained" not in html(build(one_trial_records("true"), "python -m sweep.report"))
 
 
-def test_a_report_is_replaced_whole_or_not_at_all(tmp_path):
+def test_names_from_the_records_stay_text_in_markdown_and_html():
+    records = one_trial_records("true")
+    records.trials[0].params["freeze.regex"] = "<script>alert(1)</script>[x](javascript:y)|"
+    text, page = markdown(build(records, "python -m sweep.report")), html(build(records, "python -m sweep.report"))
+    assert "<script>" not in text and "&lt;script&gt;" in text and not re.search(r"(?<!\\)\]\(javascript:", text)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_a_report_replaces_only_what_a_report_wrote(tmp_path):
     previous = tmp_path / "reports" / "x"
-    previous.mkdir(parents=True)
-    (previous / "report.html").write_text("old")
+    with staged(previous) as staging:
+        for name in ("report.html", "old.png"):
+            (staging / name).write_text("old")
+    (previous / "notes.txt").write_text("the user's")
     with pytest.raises(RuntimeError), staged(previous) as staging:
         (staging / "report.html").write_text("half")
         raise RuntimeError("rendering failed")
-    assert [p.name for p in previous.parent.iterdir()] == ["x"] and (previous / "report.html").read_text() == "old"
+    assert {p.name: p.read_text() for p in previous.iterdir() if p.name != MARKER} == \
+        {"report.html": "old", "old.png": "old", "notes.txt": "the user's"}
     with staged(previous) as staging:
-        (staging / "report.html").write_text("new")
-    assert [p.name for p in previous.parent.iterdir()] == ["x"] and (previous / "report.html").read_text() == "new"
+        for name in ("report.html", "new.png"):
+            (staging / name).write_text("new")
+    assert {p.name: p.read_text() for p in previous.iterdir() if p.name != MARKER} == \
+        {"report.html": "new", "new.png": "new", "notes.txt": "the user's"}, "the old report's plot goes, the note stays"
+    assert [p.name for p in previous.parent.iterdir()] == ["x"]
     with pytest.raises(RuntimeError), staged(tmp_path / "fresh" / "deeper" / "x"):
         raise RuntimeError("rendering failed")
     assert not (tmp_path / "fresh").exists(), "folders made for a report that failed are removed"

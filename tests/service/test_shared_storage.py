@@ -1,51 +1,9 @@
 """Workers share one Optuna study on PostgreSQL and one MLflow store, as on a cluster."""
 
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import optuna
-import pytest
 from mlflow.tracking import MlflowClient
 
 from sweep_commands import finish, start_command
-
-PG_CTLS = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-
-
-def as_server_user(*command: str) -> list[str]:
-    """PostgreSQL refuses to run as root; Debian's package provides the `postgres` user."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway server on a Unix socket (no TCP port), with empty databases for Optuna and MLflow."""
-    if not PG_CTLS:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries missing; .ci/run installs Debian's postgresql package")
-        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
-    bin_dir = PG_CTLS[-1].parent
-    home = Path(tempfile.mkdtemp(prefix="sweep-pg-"))  # not under pytest's root-only tmp: the server user must enter
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres")
-    data, socket_dir = home / "data", home
-    subprocess.run(as_server_user(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"),
-                   check=True, capture_output=True)
-    subprocess.run(as_server_user(str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "log"),
-                                  "-o", f"-k {socket_dir} -c listen_addresses=''", "start"),
-                   check=True, capture_output=True)
-    try:
-        for database in ("optuna", "mlflow"):
-            subprocess.run([str(bin_dir / "createdb"), "-h", str(socket_dir), "-U", "postgres", database],
-                           check=True, capture_output=True)
-        yield {db: f"postgresql://postgres@/{db}?host={socket_dir}" for db in ("optuna", "mlflow")}
-    finally:
-        subprocess.run(as_server_user(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"),
-                       capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_workers_started_together_on_fresh_databases_fill_one_study_without_overrunning_it(postgres, tmp_path,

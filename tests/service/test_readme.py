@@ -1,0 +1,224 @@
+"""The README is tested like code: every command in it runs, in order, in one working directory, as a reader
+following it would, with tiny budgets added; every override of its knobs table is composed and checked.
+
+Each kind of command has a runner below. A command no runner knows fails the test: whoever adds a command to
+the README adds the way to run it here. A command's test relies on those before it (a report reads the sweeps
+above it), so run this file whole.
+"""
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sweep.cli import CONF_DIR, check_group_choices, compose_config, load_config
+from sweep_commands import REPO
+
+README = (REPO / "README.md").read_text()
+CODE_BLOCKS = re.findall(r"```(?:bash)?\n(.*?)```", README, flags=re.S)
+COMMANDS = [line.split(" #")[0].strip() for block in CODE_BLOCKS for line in block.splitlines()
+            if line.strip() and not line.startswith("#")]
+KNOBS_TABLE = re.search(r"### The knobs\n.*?\n((?:\|[^\n]*\n)+)", README, flags=re.S).group(1)
+PLACEHOLDER = re.compile(r"=$|=(N|K|PATH|URI|URL|NAME)\b")
+CONFIG_ROOTS = {*compose_config("config", []), "strategy"}
+
+
+def is_override(span: str) -> bool:
+    """A config override (not Keras' `trainable=False`), written without a placeholder (`train.epochs=N`)."""
+    root = re.split(r"[./=]", shlex.split(span)[0].lstrip("+~"), maxsplit=1)[0]
+    return root in CONFIG_ROOTS and not PLACEHOLDER.search(span)
+
+
+KNOB_OVERRIDES = [span for span in re.findall(r"`([^`]*=[^`]*)`", KNOBS_TABLE) if is_override(span)]
+TORCHVISION_MODEL = re.compile(r"\bmodel=(?!digits_cnn)")
+TINY_BUDGET = ["search.n_trials=1", "train.epochs=1"]
+SERVER_START_S = 180
+
+
+@dataclass
+class Workdir:
+    """The reader's working directory, and the servers started from it (stopped at the end)."""
+
+    path: Path
+    postgres: dict[str, str]
+    port: int = 0
+    servers: list[subprocess.Popen] = field(default_factory=list)
+
+    def shell(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        return subprocess.run(["bash", "-c", command], cwd=self.path, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self, command: str) -> None:
+        log = (self.path / f"server-{len(self.servers)}.log").open("w")
+        self.servers.append(subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.path, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True))
+
+    def stop_servers(self) -> None:
+        for server in self.servers:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get(url: str, host: str | None = None, timeout_s: float = SERVER_START_S) -> tuple[int, str]:
+    """Status and body of a GET, retried while the server is still starting."""
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def sweep_budget(args: list[str]) -> list[str]:
+    """Tiny budgets, appended (Hydra keeps the last value): one trial of one epoch, unless the command's phases
+    set the epochs; one strategy, except in the plain comparison of all of them that the reports read; small
+    inputs for torchvision networks."""
+    text = " ".join(args)
+    budget = ["search.n_trials=1"]
+    if "phases=" not in text and "gradual_unfreezing" not in text:
+        budget.append("train.epochs=1")
+    if args and "+strategy" not in text:
+        budget.append("+strategy=requires_grad")
+    if TORCHVISION_MODEL.search(text) and "model.input_size" not in text:
+        budget.append("model.input_size=32")
+    return [*args, *budget]
+
+
+def run_make(workdir: Workdir, command: str) -> None:
+    """`make run` / `make test` are what CI runs already; here their recipes must exist and call what they say."""
+    target = command.split()[1]
+    dry = subprocess.run(["make", "-n", "-B", target], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert {"run": "-m sweep.run", "test": "-m pytest"}[target] in dry.stdout
+
+
+def check_activate(workdir: Workdir, command: str) -> None:
+    """The environment the README activates is the one `make` creates."""
+    dry = subprocess.run(["make", "-n", "-B", "run"], cwd=REPO, capture_output=True, text=True)
+    assert "-m venv .venv" in dry.stdout and command == "source .venv/bin/activate"
+
+
+def run_sweep(workdir: Workdir, command: str) -> None:
+    command = command.replace("postgresql://optuna@db/optuna", shlex.quote(f"'{workdir.postgres['optuna']}'"))
+    command = command.replace("tracking-host:5000", f"127.0.0.1:{workdir.port}")
+    args = sweep_budget(shlex.split(command)[3:])
+    done = workdir.shell(shlex.join([sys.executable, "-m", "sweep.run", *args]))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "Export the report:" in done.stdout
+
+
+def run_report(workdir: Workdir, command: str) -> None:
+    done = workdir.shell(shlex.join([sys.executable, "-m", "sweep.report", *shlex.split(command)[3:]]))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    report = Path(re.search(r"report: (\S+)", done.stdout).group(1))
+    assert report.is_file() and report.is_relative_to(workdir.path / "results" / "reports")
+
+
+def run_mlflow_ui(workdir: Workdir, command: str) -> None:
+    port = free_port()
+    workdir.start(f"{command} --host 127.0.0.1 --port {port}")
+    status, body = get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=100")
+    assert status == 200 and '"digits-transfer"' in body, body[:500]
+
+
+def run_mlflow_server(workdir: Workdir, command: str) -> None:
+    """As written, on a free loopback port and the throwaway PostgreSQL; `tracking-host` does not resolve here,
+    so the workers reach it as 127.0.0.1, which is added to the allowed hosts."""
+    workdir.port = free_port()
+    command = (command.replace("postgresql://mlflow@db/mlflow", shlex.quote(workdir.postgres["mlflow"]))
+               .replace("0.0.0.0", "127.0.0.1").replace("5000", str(workdir.port)))
+    workdir.start(f"{command},127.0.0.1:{workdir.port}")
+    url = f"http://127.0.0.1:{workdir.port}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert get(url)[0] == 200
+    assert get(url, host=f"tracking-host:{workdir.port}")[0] == 200, "the README's host name is allowed"
+    assert get(url, host=f"elsewhere.example:{workdir.port}")[0] == 403, "and no other"
+
+
+def run_benchmark(workdir: Workdir, command: str) -> None:
+    """From the reader's directory (the script finds the package where it is installed), one timed round."""
+    script = shlex.quote(str(REPO / "scripts"))
+    done = workdir.shell(f"{command.replace('python scripts', f'{shlex.quote(sys.executable)} {script}', 1)} "
+                         "--rounds 1 --warmup-rounds 0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (workdir.path / shlex.split(command)[-1]).is_file()
+
+
+RUNNERS: list[tuple[str, Callable[[Workdir, str], None]]] = [
+    (r"make (run|test)$", run_make),
+    (r"source \.venv/bin/activate$", check_activate),
+    (r"python -m sweep\.run\b", run_sweep),
+    (r"python -m sweep\.report\b", run_report),
+    (r"mlflow ui\b", run_mlflow_ui),
+    (r"mlflow server\b", run_mlflow_server),
+    (r"python scripts/bench_step\.py\b", run_benchmark),
+]
+
+
+def runner(command: str) -> Callable[[Workdir, str], None]:
+    found = [run for pattern, run in RUNNERS if re.match(pattern, command)]
+    assert found, f"no runner for the README command {command!r}: add one to {__file__}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, cache_dir, postgres) -> Iterator[Workdir]:
+    """The reader's directory: the pretrained digits weights (not results), a state-dict file and a folder of
+    photos for the commands that name them."""
+    import torch
+    from PIL import Image
+    from torchvision.models import resnet18
+
+    path = tmp_path_factory.mktemp("readme")
+    (path / "results").mkdir()
+    (path / "results" / "cache").symlink_to(cache_dir, target_is_directory=True)
+    (path / "weights").mkdir()
+    torch.save(resnet18().state_dict(), path / "weights" / "resnet18.pth")
+    for label, color in (("cat", (200, 120, 40)), ("dog", (40, 90, 200))):
+        (path / "photos" / label).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (12, 12), tuple(c - 8 * i for c in color)).save(path / "photos" / label / f"{i}.png")
+    workdir = Workdir(path, postgres)
+    yield workdir
+    workdir.stop_servers()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_runs(workdir, command):
+    runner(command)(workdir, command)
+
+
+@pytest.mark.parametrize("overrides", KNOB_OVERRIDES)
+def test_readme_knob_composes_and_validates(overrides):
+    args = shlex.split(overrides)
+    check_group_choices(args)
+    load_config("config", args, Path.cwd())
+
+
+def test_readme_lists_every_strategy_model_and_data_set():
+    for group in ("strategy", "model", "data", "optimizer", "lr_split", "schedule"):
+        for path in (CONF_DIR / group).glob("*.yaml"):
+            assert f"`{path.stem}`" in README or f"={path.stem}" in README, f"README does not mention {group} {path.stem}"
