@@ -135,6 +135,11 @@ class Train(TypedDict):
 
 
 @section
+class Cache(TypedDict):
+    max_bytes: NonNegativeInt
+
+
+@section
 class Tracking(TypedDict):
     uri: str | None
     system_metrics: bool
@@ -214,6 +219,7 @@ class RunConfig(TypedDict):
     phases: list[Phase] | None
     gradual_unfreezing: bool | GradualUnfreezing | None
     train: Train
+    cache: Cache
     search: Search
     tracking: Tracking
     executor: Choice

@@ -69,6 +69,9 @@ RUN_CASES = {
     "unknown block": (["freeze.names=[conv9]"], "unknown block 'conv9'; choose among: conv1, conv2, conv3, fc"),
     "negative depth": (["freeze.depth=-1"], "freeze.depth=-1 is not valid"),
     "unknown norm policy": (["freeze.norm_policy=frozen"], "it must be 'train' or 'eval'"),
+    "cached_prefix with BatchNorm statistics that move": (
+        ["+strategy=cached_prefix"], "strategy 'cached_prefix' cannot reuse the frozen prefix's outputs"),
+    "negative cache budget": (["cache.max_bytes=-1"], "cache.max_bytes=-1 is not valid"),
     "no_grad_forward on a non-prefix": (["+strategy=no_grad_forward", "freeze.depth=null", "freeze.names=[conv2]"],
                                         "needs the frozen blocks to be a prefix"),
     "phase of no epochs": (["phases=[{epochs:0}]"], "phases.0.epochs=0 is not valid"),
