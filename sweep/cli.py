@@ -66,7 +66,8 @@ def check_group_choices(args: list[str]) -> None:
 
 def unreadable(err: HydraException) -> ConfigError:
     """An override Hydra's grammar cannot read (`experiment=it's`)."""
-    return ConfigError(f"cannot read {str(err).splitlines()[0].split(': ', 1)[-1]!r} as key=value; quote a value that holds "
+    unread = str(err).splitlines()[0].split(": ", 1)[-1]
+    return ConfigError(f"cannot read {unread!r} as key=value; quote a value that holds "
                        "spaces, quotes or brackets, e.g. key='a value' (Hydra's override syntax)")
 
 

@@ -158,7 +158,7 @@ def dimension_bounds(dimension: "Dimension") -> "Dimension":
 
 @section
 class Dimension(TypedDict):
-    """One searched hyperparameter, e.g. `search.space.optimizer.lr: {type: float, low: 0.005, high: 0.2, log: true}`."""
+    """One searched hyperparameter, e.g. `search.space.optimizer.lr: {type: float, low: 0.005, high: 0.2}`."""
 
     type: Literal["float", "int"]
     low: Number
@@ -179,7 +179,7 @@ SpaceNode = TypeAliasType("SpaceNode", Annotated[
 
 
 def dimensions(space: Mapping[str, Any] | None, prefix: str = "") -> dict[str, dict[str, Any]]:
-    """`search.space` nested by config path -> {dotted path: its dimension}: `optimizer: {lr: {...}}` is `optimizer.lr`."""
+    """`search.space` nested by config path -> {dotted path: its dimension}; `optimizer: {lr: ...}` is optimizer.lr."""
     found = {}
     for key, node in (space or {}).items():
         path = f"{prefix}{key}"

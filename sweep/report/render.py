@@ -112,7 +112,8 @@ def code(value: str) -> str:
 
 def _table_markdown(t: Table) -> str:
     rows = [[text(cell) for cell in row] for row in t.rows]
-    return f"## {text(t.title)}\n\n{text(t.caption)}\n\n{tabulate(rows, headers=[text(h) for h in t.headers], tablefmt='github')}\n"
+    table = tabulate(rows, headers=[text(h) for h in t.headers], tablefmt="github")
+    return f"## {text(t.title)}\n\n{text(t.caption)}\n\n{table}\n"
 
 
 def markdown(doc: Document) -> str:

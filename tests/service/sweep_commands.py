@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -51,3 +52,9 @@ def tree(root: Path) -> dict[str, str]:
             path = Path(directory, name)
             found[os.path.relpath(path, root)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from ray_nodes import RAY_ENV, RayNode, start_node
 from sweep.cli import CONF_DIR, check_group_choices, compose_config, load_config
-from sweep_commands import REPO
+from sweep_commands import REPO, free_port
 
 README = (REPO / "README.md").read_text()
 CODE_BLOCKS = re.findall(r"```(?:bash)?\n(.*?)```", README, flags=re.S)
@@ -42,7 +42,7 @@ def is_override(span: str) -> bool:
 
 KNOB_OVERRIDES = [span for span in re.findall(r"`([^`]*=[^`]*)`", KNOBS_TABLE) if is_override(span)]
 TORCHVISION_MODEL = re.compile(r"\bmodel=(?!digits_cnn)")
-TINY_BUDGET = ["search.n_trials=1", "train.epochs=1"]
+TINY_SWEEP = ["search.n_trials=1", "train.epochs=1", "+strategy=requires_grad"]
 SERVER_START_S = 180
 
 
@@ -52,11 +52,14 @@ class Workdir:
 
     path: Path
     postgres: dict[str, str]
-    port: int = 0
+    gpus: int
+    port: int = 0  # the MLflow server's
+    ray_head: str = ""  # HOST:PORT of the Ray head node the README starts
     servers: list[subprocess.Popen] = field(default_factory=list)
+    ray_nodes: list[RayNode] = field(default_factory=list)
 
-    def shell(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    def shell(self, command: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
         return subprocess.run(["bash", "-c", command], cwd=self.path, env=env, capture_output=True, text=True,
                               timeout=timeout)
 
@@ -69,12 +72,8 @@ class Workdir:
         for server in self.servers:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        for node in reversed(self.ray_nodes):
+            node.stop()
 
 
 def get(url: str, host: str | None = None, timeout_s: float = SERVER_START_S) -> tuple[int, str]:
@@ -123,10 +122,17 @@ def check_activate(workdir: Workdir, command: str) -> None:
 
 
 def run_sweep(workdir: Workdir, command: str) -> None:
+    """With the stand-ins for what this machine lacks: the throwaway PostgreSQL for `db`, the MLflow server
+    started above for `tracking-host`, the Ray head started above for `auto`, a folder of the working
+    directory for `/shared`, and no GPU per trial on a machine without one."""
     command = command.replace("postgresql://optuna@db/optuna", shlex.quote(f"'{workdir.postgres['optuna']}'"))
     command = command.replace("tracking-host:5000", f"127.0.0.1:{workdir.port}")
+    command = command.replace("/shared/", f"{workdir.path}/shared/")
+    if not workdir.gpus:
+        command = command.replace("num_gpus:1", "num_gpus:0")
     args = sweep_budget(shlex.split(command)[3:])
-    done = workdir.shell(shlex.join([sys.executable, "-m", "sweep.run", *args]))
+    cluster = {"RAY_ADDRESS": workdir.ray_head} if workdir.ray_head else {}  # what `auto` finds on a head node
+    done = workdir.shell(shlex.join([sys.executable, "-m", "sweep.run", *args]), **cluster)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "Export the report:" in done.stdout
 
@@ -158,13 +164,36 @@ def run_mlflow_server(workdir: Workdir, command: str) -> None:
     assert get(url, host=f"elsewhere.example:{workdir.port}")[0] == 403, "and no other"
 
 
-def run_benchmark(workdir: Workdir, command: str) -> None:
-    """From the reader's directory (the script finds the package where it is installed), one timed round."""
-    script = shlex.quote(str(REPO / "scripts"))
-    done = workdir.shell(f"{command.replace('python scripts', f'{shlex.quote(sys.executable)} {script}', 1)} "
-                         "--rounds 1 --warmup-rounds 0")
+SCRIPT_BUDGETS = {
+    "bench_step.py": ["--rounds", "1", "--warmup-rounds", "0"],
+    "bench_workers.py": ["--pairs", "1", "--", *TINY_SWEEP],
+    "bench_job.py": ["--rounds", "1", "--", *TINY_SWEEP],
+    "bench_startup.py": ["--rounds", "1"],
+    "bench_cached_prefix.py": ["--rounds", "1", "--warmup-rounds", "0", "--epochs", "2", "--trial-epochs", "2",
+                               "--images", "20", "--image-side", "16"],
+}
+"""The fewest rounds each benchmark takes (argparse keeps the last value given), and a tiny job for those
+that run sweeps."""
+
+
+def run_script(workdir: Workdir, command: str) -> None:
+    """From the reader's directory, where `scripts/` is the repository's; its output file must appear."""
+    args = shlex.split(command)
+    done = workdir.shell(shlex.join([sys.executable, *args[1:], *SCRIPT_BUDGETS[Path(args[1]).name]]))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (workdir.path / shlex.split(command)[-1]).is_file()
+    assert (workdir.path / args[args.index("--out") + 1]).is_file()
+
+
+def start_ray_node(workdir: Workdir, command: str) -> None:
+    """`ray start` as written, on a free loopback port, as a node the test stops at the end."""
+    args = shlex.split(command)[2:]
+    if "--head" in args:
+        workdir.ray_head = f"127.0.0.1:{free_port()}"
+        args = [f"--port={workdir.ray_head.rpartition(':')[2]}" if a.startswith("--port=") else a for a in args]
+        args.append("--include-dashboard=false")
+    else:
+        args = [f"--address={workdir.ray_head}" if a.startswith("--address=") else a for a in args]
+    workdir.ray_nodes.append(start_node(*args, env={**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1"}))
 
 
 RUNNERS: list[tuple[str, Callable[[Workdir, str], None]]] = [
@@ -174,7 +203,8 @@ RUNNERS: list[tuple[str, Callable[[Workdir, str], None]]] = [
     (r"python -m sweep\.report\b", run_report),
     (r"mlflow ui\b", run_mlflow_ui),
     (r"mlflow server\b", run_mlflow_server),
-    (r"python scripts/bench_step\.py\b", run_benchmark),
+    (r"python scripts/\w+\.py\b", run_script),
+    (r"ray start\b", start_ray_node),
 ]
 
 
@@ -186,13 +216,15 @@ def runner(command: str) -> Callable[[Workdir, str], None]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, cache_dir, postgres) -> Iterator[Workdir]:
-    """The reader's directory: the pretrained digits weights (not results), a state-dict file and a folder of
-    photos for the commands that name them."""
+    """The reader's directory, laid out like the repository's root for the commands (`scripts/` is the
+    repository's): the pretrained digits weights (not results), a state-dict file and a folder of photos
+    for the commands that name them, and a folder standing for a cluster's shared file system."""
     import torch
     from PIL import Image
     from torchvision.models import resnet18
 
     path = tmp_path_factory.mktemp("readme")
+    (path / "scripts").symlink_to(REPO / "scripts", target_is_directory=True)
     (path / "results").mkdir()
     (path / "results" / "cache").symlink_to(cache_dir, target_is_directory=True)
     (path / "weights").mkdir()
@@ -201,7 +233,9 @@ def workdir(tmp_path_factory, cache_dir, postgres) -> Iterator[Workdir]:
         (path / "photos" / label).mkdir(parents=True)
         for i in range(10):
             Image.new("RGB", (12, 12), tuple(c - 8 * i for c in color)).save(path / "photos" / label / f"{i}.png")
-    workdir = Workdir(path, postgres)
+    (path / "shared" / "sweeps").mkdir(parents=True)
+    (path / "shared" / "sweeps" / "cache").symlink_to(cache_dir, target_is_directory=True)
+    workdir = Workdir(path, postgres, torch.cuda.device_count())
     yield workdir
     workdir.stop_servers()
 
