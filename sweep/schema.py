@@ -161,8 +161,8 @@ class Dimension(TypedDict):
     """One searched hyperparameter, e.g. `search.space.optimizer.lr: {type: float, low: 0.005, high: 0.2}`."""
 
     type: Literal["float", "int"]
-    low: Number
-    high: Number
+    low: int | Number  # int first: a whole number stays one, as `type: int` needs
+    high: int | Number
     log: NotRequired[bool]
 
 

@@ -30,17 +30,35 @@ CODE_BLOCKS = re.findall(r"```(?:bash)?\n(.*?)```", README, flags=re.S)
 COMMANDS = [line.split(" #")[0].strip() for block in CODE_BLOCKS for line in block.splitlines()
             if line.strip() and not line.startswith("#")]
 KNOBS_TABLE = re.search(r"### The knobs\n.*?\n((?:\|[^\n]*\n)+)", README, flags=re.S).group(1)
-PLACEHOLDER = re.compile(r"=$|=(N|K|PATH|URI|URL|NAME)\b")
+PLACEHOLDER = re.compile(r"=([A-Z][A-Z_:]*)?$")
+"""`train.epochs=N`, `results_dir=PATH`, `optimizer.lr=`: a value left for the reader to fill in."""
 CONFIG_ROOTS = {*compose_config("config", []), "strategy"}
+GROUPS = {str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob("*") if path.is_dir()}
 
 
 def is_override(span: str) -> bool:
-    """A config override (not Keras' `trainable=False`), written without a placeholder (`train.epochs=N`)."""
-    root = re.split(r"[./=]", shlex.split(span)[0].lstrip("+~"), maxsplit=1)[0]
-    return root in CONFIG_ROOTS and not PLACEHOLDER.search(span)
+    """A config override written out (not Keras' `trainable=False`, nor `train.epochs=N`)."""
+    first = shlex.split(span)[0]
+    root = re.split(r"[./=]", first.lstrip("+~"), maxsplit=1)[0]
+    return root in CONFIG_ROOTS and not PLACEHOLDER.search(first)
 
 
-KNOB_OVERRIDES = [span for span in re.findall(r"`([^`]*=[^`]*)`", KNOBS_TABLE) if is_override(span)]
+def knob_overrides() -> list[str]:
+    """Every override of the knobs table as its row reads it: `executor=ray` with `executor.address=auto` is
+    checked as `executor=ray executor.address=auto`."""
+    found = []
+    for row in KNOBS_TABLE.splitlines():
+        chosen: dict[str, str] = {}
+        for span in filter(is_override, re.findall(r"`([^`]*=[^`]*)`", row)):
+            args = shlex.split(span)
+            chosen |= {arg.lstrip("+").split("=")[0]: arg for arg in args if arg.lstrip("+").split("=")[0] in GROUPS}
+            group = args[0].lstrip("+~").split(".")[0]
+            named = any(arg.lstrip("+").startswith(f"{group}=") for arg in args)
+            found.append(" ".join([chosen[group], span] if group in chosen and not named else [span]))
+    return found
+
+
+KNOB_OVERRIDES = knob_overrides()
 TORCHVISION_MODEL = re.compile(r"\bmodel=(?!digits_cnn)")
 TINY_SWEEP = ["search.n_trials=1", "train.epochs=1", "+strategy=requires_grad"]
 SERVER_START_S = 180
@@ -48,7 +66,8 @@ SERVER_START_S = 180
 
 @dataclass
 class Workdir:
-    """The reader's working directory, and the servers started from it (stopped at the end)."""
+    """The reader's working directory with this environment activated (its `python`, `mlflow` and `ray` first on
+    the PATH, as after `source .venv/bin/activate`), and the servers started from it (stopped at the end)."""
 
     path: Path
     postgres: dict[str, str]
@@ -58,28 +77,33 @@ class Workdir:
     servers: list[subprocess.Popen] = field(default_factory=list)
     ray_nodes: list[RayNode] = field(default_factory=list)
 
-    def shell(self, command: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
-        return subprocess.run(["bash", "-c", command], cwd=self.path, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, **RAY_ENV, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
-    def start(self, command: str) -> None:
+    def shell(self, command: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", command], cwd=self.path, env=self.env(**env), capture_output=True,
+                              text=True, timeout=900)
+
+    def start(self, command: str) -> subprocess.Popen:
         log = (self.path / f"server-{len(self.servers)}.log").open("w")
-        self.servers.append(subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.path, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True))
+        self.servers.append(subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.path, env=self.env(),
+                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        return self.servers[-1]
 
     def stop_servers(self) -> None:
         for server in self.servers:
-            os.killpg(server.pid, signal.SIGTERM)
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
         for node in reversed(self.ray_nodes):
             node.stop()
 
 
-def get(url: str, host: str | None = None, timeout_s: float = SERVER_START_S) -> tuple[int, str]:
+def get(url: str, server: subprocess.Popen, host: str | None = None) -> tuple[int, str]:
     """Status and body of a GET, retried while the server is still starting."""
     request = urllib.request.Request(url, headers={"Host": host} if host else {})
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + SERVER_START_S
     while True:
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -87,6 +111,7 @@ def get(url: str, host: str | None = None, timeout_s: float = SERVER_START_S) ->
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode()
         except (urllib.error.URLError, ConnectionError):
+            assert server.poll() is None, f"the server exited with {server.returncode}: see {server.args}"
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
@@ -132,13 +157,13 @@ def run_sweep(workdir: Workdir, command: str) -> None:
         command = command.replace("num_gpus:1", "num_gpus:0")
     args = sweep_budget(shlex.split(command)[3:])
     cluster = {"RAY_ADDRESS": workdir.ray_head} if workdir.ray_head else {}  # what `auto` finds on a head node
-    done = workdir.shell(shlex.join([sys.executable, "-m", "sweep.run", *args]), **cluster)
+    done = workdir.shell(shlex.join(["python", "-m", "sweep.run", *args]), **cluster)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "Export the report:" in done.stdout
 
 
 def run_report(workdir: Workdir, command: str) -> None:
-    done = workdir.shell(shlex.join([sys.executable, "-m", "sweep.report", *shlex.split(command)[3:]]))
+    done = workdir.shell(command)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     report = Path(re.search(r"report: (\S+)", done.stdout).group(1))
     assert report.is_file() and report.is_relative_to(workdir.path / "results" / "reports")
@@ -146,8 +171,8 @@ def run_report(workdir: Workdir, command: str) -> None:
 
 def run_mlflow_ui(workdir: Workdir, command: str) -> None:
     port = free_port()
-    workdir.start(f"{command} --host 127.0.0.1 --port {port}")
-    status, body = get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=100")
+    server = workdir.start(f"{command} --host 127.0.0.1 --port {port}")
+    status, body = get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=100", server)
     assert status == 200 and '"digits-transfer"' in body, body[:500]
 
 
@@ -157,11 +182,11 @@ def run_mlflow_server(workdir: Workdir, command: str) -> None:
     workdir.port = free_port()
     command = (command.replace("postgresql://mlflow@db/mlflow", shlex.quote(workdir.postgres["mlflow"]))
                .replace("0.0.0.0", "127.0.0.1").replace("5000", str(workdir.port)))
-    workdir.start(f"{command},127.0.0.1:{workdir.port}")
+    server = workdir.start(f"{command},127.0.0.1:{workdir.port}")
     url = f"http://127.0.0.1:{workdir.port}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert get(url)[0] == 200
-    assert get(url, host=f"tracking-host:{workdir.port}")[0] == 200, "the README's host name is allowed"
-    assert get(url, host=f"elsewhere.example:{workdir.port}")[0] == 403, "and no other"
+    assert get(url, server)[0] == 200
+    assert get(url, server, host=f"tracking-host:{workdir.port}")[0] == 200, "the README's host name is allowed"
+    assert get(url, server, host=f"elsewhere.example:{workdir.port}")[0] == 403, "and no other"
 
 
 SCRIPT_BUDGETS = {
@@ -179,7 +204,7 @@ that run sweeps."""
 def run_script(workdir: Workdir, command: str) -> None:
     """From the reader's directory, where `scripts/` is the repository's; its output file must appear."""
     args = shlex.split(command)
-    done = workdir.shell(shlex.join([sys.executable, *args[1:], *SCRIPT_BUDGETS[Path(args[1]).name]]))
+    done = workdir.shell(shlex.join([*args, *SCRIPT_BUDGETS[Path(args[1]).name]]))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (workdir.path / args[args.index("--out") + 1]).is_file()
 
@@ -193,7 +218,7 @@ def start_ray_node(workdir: Workdir, command: str) -> None:
         args.append("--include-dashboard=false")
     else:
         args = [f"--address={workdir.ray_head}" if a.startswith("--address=") else a for a in args]
-    workdir.ray_nodes.append(start_node(*args, env={**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1"}))
+    workdir.ray_nodes.append(start_node(*args, env=workdir.env()))
 
 
 RUNNERS: list[tuple[str, Callable[[Workdir, str], None]]] = [
