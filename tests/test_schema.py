@@ -1,10 +1,12 @@
-"""The typed config layer: every key in conf/ is declared in sweep/schema.py, and paths cannot leave their root."""
+"""The typed config layer: every key in conf/ is declared in sweep/schema.py, paths cannot leave their root, and
+printed overrides read back as written."""
 
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from sweep.cli import CONF_DIR, compose_config, load_config
+from sweep.cli import CONF_DIR, compose_config, load_config, override
 from sweep.errors import ConfigError
 from sweep.paths import inside
 from sweep.schema import check_config, dimensions
@@ -46,3 +48,9 @@ def test_a_path_that_would_leave_its_root_is_refused(tmp_path, parts):
 
 def test_a_path_inside_its_root_is_kept_as_written(tmp_path):
     assert inside(tmp_path, "checkpoints", "a..b", "trial-0") == tmp_path / "checkpoints" / "a..b" / "trial-0"
+
+
+@pytest.mark.parametrize("value", ["plain", "/tmp/a b/c", "it's", "a\\b", "end\\", "x; touch F", "a,b", "2024", "true",
+                                   "null", "a=b", "postgresql://u@/db?host=/var/run/postgresql"])
+def test_a_printed_override_reads_back_as_the_same_string(value):
+    assert OverridesParser.create().parse_override(override("results_dir", value)).value() == value
