@@ -48,6 +48,7 @@ TARGETS = {
     "optuna.study.study": [("Study.*", "Optuna")],
     "optuna.trial._trial": [("Trial.*", "Optuna")],
     "sweep.train": [("Trainer.step", "training steps"), ("Trainer.accuracy", "evaluation (validation, test)")],
+    "sweep.tracking": [("TrialRun.flush", "MLflow")],  # waiting for the records its writer thread stores
     "sweep.checkpoint": [("Checkpoint.save", "checkpoints"), ("Checkpoint.load", "checkpoints"),
                          ("Checkpoint.restore", "checkpoints"), ("Checkpoint.discard", "checkpoints")],
     "sweep.measure": [("flops_per_step", "FLOPs counting"), ("make_peak_memory", "memory measuring"),

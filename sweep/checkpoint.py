@@ -21,10 +21,11 @@ and a sweep of many trials does not keep a model copy per trial on disk.
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -77,12 +78,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class Checkpoint:
-    """The checkpoint of one trial in `directory`; `trial_key` tells whose it is."""
+    """The checkpoint of one trial in `directory`; `trial_key` tells whose it is; `before_commit` runs
+    between writing a new checkpoint and putting it in place (the trial's records must be stored first)."""
 
-    def __init__(self, directory: Path, trial_key: str, every_s: float = 0.0) -> None:
+    def __init__(self, directory: Path, trial_key: str, every_s: float = 0.0,
+                 before_commit: Callable[[], None] | None = None) -> None:
         self.path = Path(directory) / FILE_NAME
         self.trial_key = trial_key
         self.every_s = every_s
+        self.before_commit = before_commit
         self._since = time.perf_counter()  # the last save, or this process's start on the trial
 
     def due(self) -> bool:
@@ -100,15 +104,26 @@ class Checkpoint:
             "grads": {n: p.grad for n, p in net.named_parameters() if p.grad is not None},
             "rng": rng_states(trainer.device), "shuffling": shuffling.get_state(),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(f".{os.getpid()}.tmp")
-        with open(partial, "wb") as file:
+        with self._create(partial) as file:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
+        if self.before_commit is not None:
+            self.before_commit()
         os.replace(partial, self.path)
         self._since = time.perf_counter()
         crash_point("checkpoint-saved")
+
+    def _create(self, partial: Path) -> BinaryIO:
+        """The folder and the file; once more if the folder vanished in between: another worker's
+        end-of-sweep clean-up removes study folders that are empty at that moment."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return open(partial, "wb")
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return open(partial, "wb")
 
     def load(self) -> dict[str, Any] | None:
         """The saved checkpoint (its `phase` says which param groups to rebuild), or None if there is none.

@@ -71,14 +71,14 @@ def unreadable(err: HydraException) -> ConfigError:
                        "spaces, quotes or brackets, e.g. key='a value' (Hydra's override syntax)")
 
 
-def compose_config(config_name: str, overrides: list[str]) -> dict[str, Any]:
+def compose_config(config_name: str, overrides: list[str], own_dir: Path | None = None) -> dict[str, Any]:
     """conf/ composed with Hydra's override syntax into a plain dict, without Hydra's output folders."""
     try:
-        return _compose(config_name, overrides)
+        return _compose(config_name, overrides, own_dir)
     except (HydraException, OmegaConfBaseException) as err:
         cause = err.__cause__
         if "not in struct" in str(cause) and getattr(cause, "full_key", None):
-            raise _unknown_key(config_name, overrides, cause.full_key) from None
+            raise _unknown_key(config_name, overrides, own_dir, cause.full_key) from None
         reasons = [_without_location(e) for e in (err, cause) if e is not None]
         raise ConfigError("; ".join(dict.fromkeys(reasons))) from None
 
@@ -89,12 +89,15 @@ def _without_location(err: BaseException) -> str:
     return " ".join(line for line in lines if not line.startswith(("full_key:", "object_type=")))
 
 
-def _compose(config_name: str, overrides: list[str]) -> dict[str, Any]:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):
-        return OmegaConf.to_container(compose(config_name, overrides=overrides), resolve=True)
+def _compose(config_name: str, overrides: list[str], own_dir: Path | None = None, **options: bool) -> Any:
+    """`own_dir`: the user's `--config-dir`, whose primary config may build on conf/ (`defaults: [config]`)."""
+    config_dir, search = (CONF_DIR, []) if own_dir is None else (own_dir, [f"hydra.searchpath=[file://{CONF_DIR}]"])
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=config_name):
+        cfg = compose(config_name, overrides=[*overrides, *search], **options)
+        return cfg if options else OmegaConf.to_container(cfg, resolve=True)
 
 
-def _unknown_key(config_name: str, overrides: list[str], key: str) -> ConfigError:
+def _unknown_key(config_name: str, overrides: list[str], own_dir: Path | None, key: str) -> ConfigError:
     """Hydra refused to override `key`: name the keys that do exist where it was looked for."""
     def related(override: str) -> bool:
         other = override.split("=", 1)[0].lstrip("+~") + "."
@@ -102,7 +105,7 @@ def _unknown_key(config_name: str, overrides: list[str], key: str) -> ConfigErro
 
     parent = key.rpartition(".")[0]
     try:
-        node: Any = _compose(config_name, [o for o in overrides if not related(o)])
+        node: Any = _compose(config_name, [o for o in overrides if not related(o)], own_dir)
         for part in filter(None, parent.split(".")):
             node = node[part]
         known = list(node)
@@ -111,10 +114,12 @@ def _unknown_key(config_name: str, overrides: list[str], key: str) -> ConfigErro
     return unknown_key(key, known)
 
 
-def load_config(config_name: str, overrides: list[str], base_dir: Path) -> dict[str, Any]:
-    """The composed config, checked against its schema and with a usable results_dir, or one `ConfigError` line."""
-    cfg = compose_config(config_name, overrides)
-    check_config(cfg, config_name)
+def load_config(config_name: str, overrides: list[str], base_dir: Path, schema: str | None = None,
+                own_dir: Path | None = None) -> dict[str, Any]:
+    """The composed config, checked against its schema (by default the one named like the config) and with a
+    usable results_dir, or one `ConfigError` line."""
+    cfg = compose_config(config_name, overrides, own_dir)
+    check_config(cfg, schema or config_name)
     Workspace.from_config(cfg, base_dir).check()
     return cfg
 
@@ -125,6 +130,7 @@ class CommandLine:
 
     overrides: list[str]
     config_name: str
+    own_dir: Path | None  # --config-dir
     multirun: bool
     runs_jobs: bool  # False when Hydra only prints something (--help, --cfg job, --info, ...)
 
@@ -138,7 +144,8 @@ class CommandLine:
         if unknown:
             fail(f"{unknown[0]!r} follows a flag; put the flags (-m, --cfg, ...) before every key=value override")
         prints = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-        return cls(args.overrides, args.config_name or config_name, args.multirun, not prints)
+        own_dir = Path(args.config_dir).expanduser().absolute() if args.config_dir else None
+        return cls(args.overrides, args.config_name or config_name, own_dir, args.multirun, not prints)
 
     def jobs(self) -> list[list[str]]:
         """The override list of every job: one per combination of a multirun's sweeps."""
@@ -160,7 +167,8 @@ def check_command_line(argv: list[str], config_name: str, base_dir: Path) -> lis
     if not command_line.runs_jobs:
         return []
     try:
-        return [load_config(command_line.config_name, job, base_dir) for job in command_line.jobs()]
+        return [load_config(command_line.config_name, job, base_dir, config_name, command_line.own_dir)
+                for job in command_line.jobs()]
     except ConfigError as err:
         fail(str(err))
 
@@ -174,8 +182,7 @@ folder Hydra will create for a run is known (and can be taken back) before Hydra
 def hydra_output_dir(argv: list[str], config_name: str) -> Path:
     """The folder Hydra will create for this command's records: the run's, or a multirun's sweep folder."""
     command_line = CommandLine.parse(argv, config_name)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=config_name):
-        cfg = compose(command_line.config_name, overrides=command_line.jobs()[0], return_hydra_config=True)
+    cfg = _compose(command_line.config_name, command_line.jobs()[0], command_line.own_dir, return_hydra_config=True)
     return Path(cfg.hydra.sweep.dir if command_line.multirun else cfg.hydra.run.dir).absolute()
 
 

@@ -47,11 +47,13 @@ class Fed:
     build_s: float = 0.0  # device time spent producing them, counted in the trial's train time
     resident_bytes: int = 0  # bytes held in memory for them, counted in the trial's memory on the CPU
     metrics: dict[str, float] = field(default_factory=dict)  # logged with the trial's final metrics
+    workers: int = 0  # DataLoader worker processes (`Task.loader_workers`)
 
     def loader(self, dataset: Dataset, batch_size: int, shuffling: torch.Generator | None = None) -> DataLoader:
-        """Shuffled from `shuffling` when given, else in order."""
+        """Shuffled from `shuffling` when given, else in order. Workers are started afresh for each pass, so
+        each epoch draws from `shuffling` as a loader without workers does and a resumed trial shuffles alike."""
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffling is not None, generator=shuffling,
-                          collate_fn=self.collate_fn)
+                          collate_fn=self.collate_fn, num_workers=self.workers)
 
 
 class Feed(ABC):
@@ -67,4 +69,4 @@ class SampleFeed(Feed):
         self.task = task
 
     def open(self, cache):
-        return Fed(self.task.train, self.task.val, self.task.test)
+        return Fed(self.task.train, self.task.val, self.task.test, workers=self.task.loader_workers())

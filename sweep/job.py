@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from torch import nn
+
 from sweep.data import Task
 from sweep.errors import ConfigError
 from sweep.faults import crash_point
@@ -45,6 +47,7 @@ class TrialJob:
     tracking_uri: str
     system_metrics: bool
     checkpoint_dir: Path  # under results_dir; its parent exists before the job is handed out
+    log_model_above: float | None = None  # log the trained model if its val accuracy beats this; None: never
 
 
 @dataclass(frozen=True)
@@ -96,13 +99,19 @@ def _train(job: TrialJob, settings: RunSettings, inputs: TrialInputs, run: Trial
         run.log_epoch(metrics)
         return on_epoch(metrics)
 
+    def log_model_if_best(net: nn.Module, result: TrialResult) -> None:
+        """tracking.log_model=best: the model of a finished trial that beats its study's best when it started."""
+        if job.log_model_above is not None and not result.stopped_early and result.val_accuracy > job.log_model_above:
+            run.log_model(net, inputs.task.val[0][0].unsqueeze(0))
+
     try:
         if not job.checkpoint_dir.parent.is_dir():
             raise ConfigError(f"{job.checkpoint_dir.parent} is missing where this trial runs: on a cluster, "
                               "results_dir must be a directory every node shares, so a retried trial finds its "
                               "checkpoint")
         return run_trial(job.spec, inputs.task, inputs.model_def, on_epoch=log_and_report,
-                         checkpoint_dir=job.checkpoint_dir, settings=settings, feature_cache=inputs.feature_cache)
+                         checkpoint_dir=job.checkpoint_dir, settings=settings, feature_cache=inputs.feature_cache,
+                         records_stored=run.flush, on_trained=log_model_if_best)
     except Exception:
         run.set_state("failed")
         raise

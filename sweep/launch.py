@@ -13,8 +13,9 @@ from sweep.config import (Workspace, feature_cache, has_path, model_and_task, ru
 from sweep.errors import NotApplicable
 from sweep.executors import make_executor
 from sweep.job import TrialInputs
-from sweep.paths import default_uri
-from sweep.search import SearchSettings, database_storage, journal_storage
+from sweep.parent_run import record_studies
+from sweep.paths import default_uri, remove_empty_dirs
+from sweep.search import SearchSettings, storage_opener
 from sweep.stores import outage_is_one_line
 from sweep.strategies import MECHANISMS
 from sweep.study import StrategyStudy, StudyPlan, print_summary
@@ -52,14 +53,15 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     strategies = [s for s in strategies if s not in left_out]
 
     tracking_uri = cfg["tracking"]["uri"] or default_uri(workspace.results_dir)
-    shared_storage = database_storage(settings.storage) if settings.storage is not None else None
+    open_storage = storage_opener(settings.storage, workspace.results_dir, base_dir)
     workspace.results_dir.mkdir(parents=True, exist_ok=True)
     check_reachable(tracking_uri)
-    storage = shared_storage or journal_storage(workspace.results_dir)
+    storage = open_storage()
     trial_config = {k: v for k, v in without_run_settings(cfg).items() if k not in NOT_TRIAL_CONFIG}
     experiment = str(cfg["experiment"])  # `experiment=nan` or `=2024` arrive as numbers from the command line
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
-                           task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"]),
+                           task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"],
+                                   cfg["tracking"]["log_model"]),
                            workspace, runtime, workers, executor, cache, left_out)
     study_plan.check_studies()
     workers.register()
@@ -75,4 +77,8 @@ def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
     studies = [StrategyStudy(study_plan, strategy) for strategy in study_plan.strategies]
     with outage_is_one_line():
         study_plan.executor.run(studies, TrialInputs(study_plan.model_def, study_plan.task, study_plan.feature_cache))
+        record_studies(study_plan, studies, cfg)
+    if study_plan.workers.live() == 1:  # no other worker of this host is about to hand out a trial in them
+        for study in studies:  # each folder kept while anything is in it
+            remove_empty_dirs(study.checkpoints_dir, study_plan.workspace.path("checkpoints"))
     print_summary(study_plan, studies)

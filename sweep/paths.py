@@ -81,5 +81,8 @@ class Workspace:
     def cache_dir(self) -> Path:
         return self.path("cache")
 
+    def study_checkpoints(self, study: str) -> Path:
+        return self.path("checkpoints", study)
+
     def checkpoint_dir(self, study: str, trial_number: int) -> Path:
-        return self.path("checkpoints", study, f"trial-{trial_number}")
+        return inside(self.study_checkpoints(study), f"trial-{trial_number}")

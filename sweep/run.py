@@ -9,6 +9,7 @@ MLflow) is imported once there is one to run, so `--help` and mistakes answer at
 """
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -22,13 +23,26 @@ from sweep.stages import stage
 PRIMARY_CONFIG = "config"  # conf/config.yaml
 
 
-def explicit_overrides() -> set[str]:
-    """Keys the user set on the command line: fixed, never searched."""
-    keys = set()
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        keys.add(key)
+def fixed_keys() -> set[str]:
+    """Keys you set yourself, fixed and never searched: on the command line, or in a config file of your own
+    (the primary config named by --config-name, found in a --config-dir or --config-path of yours)."""
+    hydra_config = HydraConfig.get()
+    keys = {override.split("=", 1)[0].lstrip("+~") for override in hydra_config.overrides.task}
+    for source in hydra_config.runtime.config_sources:
+        own = source.provider in ("main", "command-line") and Path(source.path).resolve() != CONF_DIR
+        primary = Path(source.path) / f"{hydra_config.job.config_name}.yaml"
+        if own and primary.is_file():
+            content = OmegaConf.to_container(OmegaConf.load(primary))
+            content.pop("defaults", None)
+            keys |= set(dotted_keys(content))
     return keys
+
+
+def dotted_keys(node: dict, prefix: str = "") -> Iterator[str]:
+    for key, value in node.items():
+        yield f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from dotted_keys(value, f"{prefix}{key}.")
 
 
 def main() -> None:
@@ -41,7 +55,7 @@ def main() -> None:
         with fail_cleanly(new_dir):
             with stage("loading torch, Optuna and MLflow"):
                 from sweep import launch  # seconds to import, so only once there is a sweep to run
-            launch.run(OmegaConf.to_container(cfg, resolve=True), Path.cwd(), explicit_overrides())
+            launch.run(OmegaConf.to_container(cfg, resolve=True), Path.cwd(), fixed_keys())
 
     sweep()
 

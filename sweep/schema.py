@@ -143,6 +143,7 @@ class Cache(TypedDict):
 class Tracking(TypedDict):
     uri: str | None
     system_metrics: bool
+    log_model: Literal["none", "best"]
 
 
 def dimension_bounds(dimension: "Dimension") -> "Dimension":

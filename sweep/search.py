@@ -23,6 +23,7 @@ from sweep.stores import open_journal, retry_schema_race
 from sweep.workers import WORKER
 
 OBJECTIVES = {False: ["maximize"], True: ["maximize", "minimize"]}  # key: multi_objective
+METRIC_NAMES = {False: ["val_accuracy"], True: ["val_accuracy", "train_time_s"]}  # what optuna-dashboard shows
 
 PRUNERS: Registry[type[optuna.pruners.BasePruner]] = Registry("pruner")
 PRUNERS.register("median")(optuna.pruners.MedianPruner)
@@ -30,6 +31,8 @@ PRUNERS.register("threshold")(optuna.pruners.ThresholdPruner)
 PRUNERS.register("none")(optuna.pruners.NopPruner)
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # what a study is topped up to n_trials of
 WORKER_ATTR = "worker"  # the trial's user attribute naming the process that runs it
+STATE_NAMES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+               TrialState.RUNNING: "running", TrialState.WAITING: "running"}  # as MLflow's `sweep.state` says it
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,37 @@ def journal_storage(results_dir: Path) -> BaseStorage:
     return open_journal(journal_path(results_dir))
 
 
+def is_database_url(storage: str) -> bool:
+    return "://" in storage
+
+
+def journal_file(storage: str, base_dir: Path) -> Path:
+    """`search.storage` given as a journal file's path, as optuna-dashboard takes it (relative: to `base_dir`)."""
+    path = (base_dir / Path(storage).expanduser()).resolve()
+    if path.is_dir() or not path.parent.is_dir():
+        problem = "is a directory" if path.is_dir() else f"is in a directory that does not exist ({path.parent})"
+        raise ConfigError(f"search.storage={storage!r} {problem}; give the path of an Optuna journal file in an "
+                          "existing directory, or a database URL such as postgresql://user@host/db")
+    return path
+
+
+def storage_opener(storage: str | None, results_dir: Path, base_dir: Path) -> Callable[[], BaseStorage]:
+    """Check `search.storage` now; what it returns opens the storage once every other check has passed.
+
+    A database is connected to at once, so a bad URL fails before any work; a journal file (the default
+    under results_dir, or a path given) is only created when opened.
+    """
+    if storage is None:
+        return lambda: journal_storage(results_dir)
+    if is_database_url(storage):
+        database = database_storage(storage)
+        return lambda: database
+    journal = journal_file(storage, base_dir)
+    return lambda: open_journal(journal)
+
+
 def database_storage(url: str) -> BaseStorage:
     """A database shared by workers on many machines; connecting here makes a bad URL fail before any work."""
-    if "://" not in url:
-        raise ConfigError(f"search.storage={url!r} is not a database URL; "
-                          "use e.g. postgresql://user:password@host/db, or leave it unset")
     def connect() -> BaseStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna but long-standing and needed here
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -100,24 +129,28 @@ def study_name(experiment: str, strategy: str, lr_split: str) -> str:
     return f"{experiment}.{strategy}.{lr_split}"
 
 
-def check_study(storage: BaseStorage, name: str, fingerprint: dict) -> None:
+def check_study(storage: BaseStorage, name: str, fixed_config: dict[str, Any]) -> None:
     """Refuse, before writing anything, to mix trials of a different fixed configuration into a study."""
     study_id = _study_id(storage, name)
     if study_id is None:
         return
-    recorded = storage.get_study_user_attrs(study_id).get("config")
+    recorded = recorded_fingerprint(storage.get_study_user_attrs(study_id).get("config"))
+    fingerprint = fingerprint_of(fixed_config)
     if recorded is not None and recorded != fingerprint:
         changed = sorted(k for k in recorded.keys() | fingerprint.keys() if recorded.get(k) != fingerprint.get(k))
         raise ConfigError(f"study {name!r} already holds trials run with a different configuration "
                           f"(changed: {', '.join(changed)}); pass experiment=NEW_NAME to start a new comparison")
 
 
-def open_study(storage: BaseStorage, name: str, settings: SearchSettings, fingerprint: dict) -> "WorkerStudy":
+def open_study(storage: BaseStorage, name: str, settings: SearchSettings, fixed_config: dict[str, Any]) -> "WorkerStudy":
     """Create or reopen a study (after `check_study`)."""
     optuna.create_study(storage=storage, study_name=name, directions=OBJECTIVES[settings.multi_objective],
                         load_if_exists=True)
     study = WorkerStudy(name, storage, PairedSampler(settings.sampler_seed), settings.pruner)
-    study.set_user_attr("config", fingerprint)
+    study.set_user_attr("config", fixed_config)  # plain values: optuna-dashboard shows them as they are
+    with warnings.catch_warnings():  # "experimental" in Optuna 5, and what names the objectives in the dashboard
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(METRIC_NAMES[settings.multi_objective])
     return study
 
 
@@ -206,5 +239,27 @@ class TrialBudget:
 
 
 def fingerprint_of(flat_config: dict[str, Any]) -> dict[str, str]:
-    """JSON-safe, order-independent record of a study's fixed configuration."""
+    """A fixed configuration as comparable texts: each value JSON-encoded, dict keys sorted."""
     return {k: json.dumps(v, sort_keys=True) for k, v in sorted(flat_config.items())}
+
+
+def recorded_fingerprint(recorded: dict[str, Any] | None) -> dict[str, str] | None:
+    """The fingerprint of a study's `config` attribute, in either form it was stored in.
+
+    Now: the plain values. Before: each value already JSON-encoded in a string, which a plain
+    configuration never is throughout (train.epochs, for one, is a number), so the old form is
+    recognised by every value being a string that decodes as JSON.
+    """
+    if recorded is None:
+        return None
+    if all(isinstance(v, str) and _is_json(v) for v in recorded.values()):
+        return dict(recorded)
+    return fingerprint_of(recorded)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

@@ -26,6 +26,14 @@ class Selection:
     def is_empty(self) -> bool:
         return not (self.depth or self.names or self.indices or self.regex)
 
+    def describe(self) -> str:
+        """In the config's own terms, e.g. `depth=2` or `names=conv1,conv3 regex=fc`: an MLflow param and tag."""
+        parts = [f"depth={self.depth}"] if self.depth else []
+        parts += [f"names={','.join(self.names)}"] if self.names else []
+        parts += [f"indices={','.join(map(str, self.indices))}"] if self.indices else []
+        parts += [f"regex={self.regex}"] if self.regex else []
+        return " ".join(parts) or "nothing"
+
 
 @dataclass
 class FrozenSet:

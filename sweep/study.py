@@ -1,5 +1,6 @@
 """One strategy's Optuna study: its trials, their MLflow runs, progress, and the end-of-sweep summary."""
 
+import math
 import shlex
 import statistics
 import sys
@@ -7,6 +8,7 @@ import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,11 @@ from sweep.job import TrialJob, TrialOutcome
 from sweep.models import ModelDef
 from sweep.paths import Workspace, default_uri
 from sweep.schedules import SCALAR_LR_SCHEDULES
-from sweep.search import (WORKER_ATTR, SearchSettings, TrialBudget, check_study, done_trials, fingerprint_of,
+from sweep.search import (WORKER_ATTR, SearchSettings, TrialBudget, check_study, done_trials,
                           open_study, study_name)
+from sweep.strategies import MECHANISMS
 from sweep.trace import SPLIT_TOLERANCE
-from sweep.tracking import BACKBONE, STUDY, TRIAL_NUMBER, Tracker
+from sweep.tracking import BACKBONE, STUDY, STUDY_PARAMS, TRIAL_NUMBER, DatasetInput, Tracker, dataset_input
 from sweep.train import EpochMetrics
 from sweep.trial import RunSettings
 from sweep.workers import WORKER, WorkerRegistry, worker_is_dead
@@ -62,13 +65,18 @@ class StudyPlan:
     def lr_split(self) -> str:
         return self.trial_config["lr_split"]["name"]
 
-    def fingerprint(self) -> dict[str, str]:
+    @cached_property
+    def dataset(self) -> DatasetInput:
+        return dataset_input(self.task)
+
+    def fixed_config(self) -> dict[str, Any]:
+        """The flattened configuration every trial of a study shares: everything not searched."""
         searched = {d.path for d in self.settings.space}
-        return fingerprint_of({k: v for k, v in flatten(self.trial_config).items() if k not in searched})
+        return {k: v for k, v in flatten(self.trial_config).items() if k not in searched}
 
     def check_studies(self) -> None:
         for strategy in self.strategies:
-            check_study(self.storage, study_name(self.experiment, strategy, self.lr_split), self.fingerprint())
+            check_study(self.storage, study_name(self.experiment, strategy, self.lr_split), self.fixed_config())
 
 
 @dataclass
@@ -87,13 +95,25 @@ class StrategyStudy:
         self.plan = plan
         self.strategy = strategy
         self.name = study_name(plan.experiment, strategy, plan.lr_split)
-        self.study = open_study(plan.storage, self.name, plan.settings, plan.fingerprint())
+        self.study = open_study(plan.storage, self.name, plan.settings, plan.fixed_config())
+        self.identity = self._identity()
         self._bar: tqdm | None = None
         self._best = "-"  # best val accuracy for the progress bar; it can only change between trials
         self._parent_run_id: str | None = None
         self._to_resume: list[FrozenTrial] = []
         self._budget = TrialBudget(0, plan.settings.max_failures)  # each session sets its own
         self._running: dict[str, RunningTrial] = {}
+
+    def _identity(self) -> dict[str, str]:
+        """What tells this study's trials from its paired trials in other studies: MLflow params and tags, so
+        MLflow's compare and parallel-coordinates views can separate them. A study's selection is fixed."""
+        spec = trial_spec(self.plan.trial_config, self.strategy, self.plan.seed)
+        frozen = spec.selection.describe() if MECHANISMS.get(self.strategy).freezes else "nothing"
+        return dict(zip(STUDY_PARAMS, (self.strategy, self.plan.lr_split, frozen), strict=True))
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.plan.workspace.study_checkpoints(self.name)
 
     @contextmanager
     def session(self, position: int | None = None) -> Iterator[None]:
@@ -113,8 +133,7 @@ class StrategyStudy:
             self.plan.tracker.end_study_run(self.name)  # one a worker killed after the last trial left RUNNING
             yield
             return
-        tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split}
-        with self.plan.tracker.study_run(self.name, tags) as self._parent_run_id, \
+        with self.plan.tracker.study_run(self.name, self.identity) as self._parent_run_id, \
                 tqdm(total=to_ask + len(self._to_resume), desc=self.strategy, unit="trial", position=position,
                      dynamic_ncols=True) as self._bar:
             yield
@@ -183,7 +202,8 @@ class StrategyStudy:
         config = with_values(self.plan.trial_config, values)
         spec = trial_spec(config, self.strategy, self.plan.seed + trial.number)
         trial.set_user_attr(WORKER_ATTR, WORKER)  # claims a resumed trial (a new one names its worker from the start)
-        self._best = self._best_so_far()
+        best = self._best_so_far()
+        self._best = "-" if best is None else f"{best:.3f}"
         self._bar.set_postfix(trial=trial.number, epoch=f"0/{spec.epochs}", best=self._best)  # visible from the start
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id is None:
@@ -193,22 +213,22 @@ class StrategyStudy:
             trial.set_user_attr("mlflow_run_id", run_id)
         checkpoint_dir = self.checkpoint_dir(trial.number)
         checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+        model_bar = (-math.inf if best is None else best) if self.plan.tracker.log_best_models else None
         job = TrialJob(f"{self.name}#{trial.number}", spec, self.plan.run_settings, run_id, self.plan.tracker.uri,
-                       self.plan.tracker.system_metrics, checkpoint_dir)
+                       self.plan.tracker.system_metrics, checkpoint_dir, log_model_above=model_bar)
         self._running[job.key] = RunningTrial(trial, job, last_step)
         return job
 
     def _create_run(self, trial: optuna.Trial, config: dict[str, Any]) -> str:
-        tags = {"strategy": self.strategy, "lr_split": self.plan.lr_split,
-                "model.pretrained": str(self.plan.model_def.pretrained).lower(),
+        tags = {**self.identity, "model.pretrained": str(self.plan.model_def.pretrained).lower(),
                 BACKBONE: self.plan.model_def.describe(), STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
         return self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags,
-                                                  flatten(config))
+                                                  self.identity | flatten(config), self.plan.dataset)
 
-    def _best_so_far(self) -> str:
+    def _best_so_far(self) -> float | None:
         """One storage query, once per trial: with shared PostgreSQL studies this must stay off the epoch path."""
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return f"{max(t.values[0] for t in complete):.3f}" if complete else "-"
+        return max(t.values[0] for t in complete) if complete else None
 
 
 @dataclass
@@ -274,7 +294,7 @@ WIDTH = 100  # the terminal summary fits 100 columns
 
 def print_summary(plan: StudyPlan, studies: Sequence[StrategyStudy]) -> None:
     summaries = [StrategySummary.of(s.strategy, s.study) for s in studies]
-    baseline_flops = _baseline_flops(plan, summaries)
+    baseline_flops = baseline_flops_per_step(plan, summaries)
     rows = [[s.strategy, f"{s.finished}/{s.pruned}/{s.failed}", _fmt(s.best_val_accuracy, ".4f"),
              _fmt(s.best_test_accuracy, ".4f"), _fmt(s.median_step_time_ms, ".2f"),
              _fmt(s.flops_per_step / baseline_flops if s.flops_per_step and baseline_flops else None, ".3f"),
@@ -339,7 +359,7 @@ def _notes(plan: StudyPlan, summaries: list[StrategySummary]) -> list[str]:
     return notes
 
 
-def _baseline_flops(plan: StudyPlan, summaries: list[StrategySummary]) -> float | None:
+def baseline_flops_per_step(plan: StudyPlan, summaries: list[StrategySummary]) -> float | None:
     """FLOPs of full_finetune from this sweep or, if it ran in an earlier one, from its study."""
     for summary in summaries:
         if summary.strategy == BASELINE:

@@ -3,20 +3,32 @@
 The tags and metric names here are the contract the report reads back.
 """
 
+import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager, nullcontext
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import mlflow
-from mlflow.entities import Param
+import mlflow.pytorch
+import torch
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as run_context
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from sweep.errors import ConfigError, one_line
+from torch import nn
+
+from sweep.data import Task
+from sweep.errors import ConfigError, choice_error, one_line
 from sweep.stages import stage
 from sweep.stores import check_not_locked, first_use, retry_schema_race
 from sweep.train import EpochMetrics
@@ -29,12 +41,18 @@ STATE = "sweep.state"  # finished | pruned | failed
 DEVICE = "device"  # what a trial trained on: known only where it runs
 NODE = "sweep.node"  # where a trial's latest attempt ran: the Ray node id, or the host name when run locally
 WORKER_PROCESS = "sweep.worker"  # host:pid of the process that ran it
-ATTEMPT_FIRST_EPOCH = "attempt_first_epoch"  # metric, step n: the first epoch the trial's attempt n trained (1: fresh)
 PARAM_LENGTH = 6000  # MLflow's limit on a param value
+ATTEMPT_FIRST_EPOCH = "attempt_first_epoch"  # metric, step n: the first epoch the trial's attempt n trained (1: fresh)
 BACKBONE = "model.backbone"  # where the backbone's weights come from, in words
 BACKBONE_SHA256 = "backbone.sha256"  # of the backbone's state the trial started from
 PHASES = "freeze.phases"  # what each phase froze, for how many epochs, in words
 PHASE_SEPARATOR = " | "
+LOG_MODEL_CHOICES = ("none", "best")  # tracking.log_model
+STUDY_PARAMS = ("strategy", "lr_split", "freeze.selection")
+"""Params (and tags) that say which study a trial belongs to; the rest of its params are its configuration."""
+EXPERIMENT_KIND = "mlflow.experimentKind"
+CLASSIC_TRAINING = "custom_model_development"  # the kind's value for training runs; without it MLflow 3 opens its
+#                                                GenAI overview rather than the runs
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -79,6 +97,8 @@ def check_reachable(uri: str) -> None:
             new = database is not None and not database.exists()
             with stage(f"creating the MLflow database {database}") if new else nullcontext():
                 retry_schema_race(lambda: MlflowClient(uri).search_experiments(max_results=1))
+                if new:
+                    write_ahead_log(database)
     except ConfigError:
         raise
     except Exception as err:  # MLflow raises many types here: all mean "this store cannot be used"
@@ -86,54 +106,122 @@ def check_reachable(uri: str) -> None:
                           "tracking.uri=URI (e.g. sqlite:////abs/path/mlflow.db or http://host:5000)") from None
 
 
+def write_ahead_log(database: Path) -> None:
+    """Switch a new SQLite store to write-ahead logging (it stays so): a commit then syncs one file, not three,
+    which makes each MLflow write several times cheaper, and readers (`mlflow ui`, reports) never block it."""
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def as_params(values: Mapping[str, Any]) -> list[Param]:
+    return [Param(key, str(value)[:PARAM_LENGTH]) for key, value in values.items()]
+
+
+def as_metrics(values: Mapping[str, float], step: int = 0) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(key, value, now, step) for key, value in values.items()]
+
+
+def as_tags(values: Mapping[str, str]) -> list[RunTag]:
+    return [RunTag(key, str(value)) for key, value in values.items()]
+
+
+def outcome_tags(run_name: str, state: str) -> dict[str, str]:
+    """`sweep.state`; pruned and failed runs also say so in their name, which MLflow's runs table shows
+    (an earlier attempt's outcome in the name is replaced)."""
+    name = run_name.split(" (")[0]
+    return {STATE: state, MLFLOW_RUN_NAME: name if state == "finished" else f"{name} ({state})"}
+
+
+def dataset_input(task: Task) -> DatasetInput:
+    """The task as an MLflow dataset input (name, digest, split sizes), shown in the runs table's Dataset column."""
+    profile = json.dumps(task.split_sizes() | {"classes": task.num_classes})
+    dataset = Dataset(task.name, task.digest(), source_type="code", source=json.dumps({"task": task.name}),
+                      profile=profile)
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
+
+
 class TrialRun:
     """The nested MLflow run of one Optuna trial.
 
-    A later attempt at a trial (after a killed sweep, a Ray retry, an
-    unreadable checkpoint) repeats, identically, what the one before it did
-    since its last checkpoint; what that attempt logged is not logged twice:
-    neither an epoch's step nor a final metric. Each attempt records the first
-    epoch it trained (`ATTEMPT_FIRST_EPOCH`), so the run shows where it resumed.
+    Its records are written by a writer thread, one batch at a time in the order given, so training goes
+    on meanwhile; `flush` waits until all of them are written, and is called before anything that says
+    they exist: a checkpoint replacing the last one, and the end of the attempt (then Optuna hears the
+    outcome). Not MLflow's own asynchronous logging: ending any run stops its queue, which costs up to a
+    second.
+
+    A later attempt at a trial (after a killed sweep, a Ray retry, an unreadable checkpoint) repeats,
+    identically, what the one before it did since its last checkpoint; what that attempt logged is not
+    logged twice: neither an epoch's step nor a final metric. Each attempt records the first epoch it
+    trained (`ATTEMPT_FIRST_EPOCH`), so the run shows where it resumed.
     """
 
-    def __init__(self, run_id: str, logged_epochs: int = 0, logged_keys: frozenset[str] = frozenset(),
-                 attempt: int = 0) -> None:
+    def __init__(self, run_id: str, name: str, client: MlflowClient, writer: ThreadPoolExecutor,
+                 logged_epochs: int = 0, logged_keys: frozenset[str] = frozenset(), attempt: int = 0) -> None:
         self.run_id = run_id
+        self.name = name
+        self.client = client
+        self.writer = writer
         self.logged_epochs = logged_epochs
         self.logged_keys = logged_keys
         self.attempt = attempt  # attempts at the trial that trained an epoch before this one
         self._attempt_logged = False
+        self._pending: list[Future] = []
 
     @classmethod
-    def continued(cls, client: MlflowClient, run_id: str) -> "TrialRun":
+    def continued(cls, client: MlflowClient, run_id: str, writer: ThreadPoolExecutor) -> "TrialRun":
         """A trial's run, with what earlier attempts at the trial logged (nothing, for the first)."""
-        epochs = client.get_metric_history(run_id, "val_accuracy")
-        return cls(run_id, max((m.step for m in epochs), default=0), frozenset(client.get_run(run_id).data.metrics),
-                   len(client.get_metric_history(run_id, ATTEMPT_FIRST_EPOCH)))
+        run, epochs = client.get_run(run_id), client.get_metric_history(run_id, "val_accuracy")
+        return cls(run_id, run.info.run_name, client, writer, max((m.step for m in epochs), default=0),
+                   frozenset(run.data.metrics), len(client.get_metric_history(run_id, ATTEMPT_FIRST_EPOCH)))
+
+    def _log(self, metrics: list[Metric] = (), params: list[Param] = (), tags: list[RunTag] = ()) -> None:
+        self._pending.append(self.writer.submit(self.client.log_batch, self.run_id, metrics, params, tags))
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
-        """The epoch's curves and traces (`sweep.trace`), in one call."""
+        """The epoch's curves and traces (`sweep.trace`), in one batch."""
         if not self._attempt_logged:
-            mlflow.log_metric(ATTEMPT_FIRST_EPOCH, metrics.epoch, step=self.attempt)
+            self._log(as_metrics({ATTEMPT_FIRST_EPOCH: metrics.epoch}, step=self.attempt))
             self._attempt_logged = True
         if metrics.epoch <= self.logged_epochs:
             return
-        mlflow.log_metrics({"val_accuracy": metrics.val_accuracy, "train_loss": metrics.train_loss, **metrics.trace},
-                           step=metrics.epoch)
+        self._log(as_metrics({"val_accuracy": metrics.val_accuracy, "train_loss": metrics.train_loss,
+                              **metrics.trace}, step=metrics.epoch))
 
     def log_result(self, result: TrialResult) -> None:
         final = result.final_metrics()
         final.pop("val_accuracy")  # already logged per epoch; its latest value is the final one
-        mlflow.log_metrics({k: v for k, v in final.items() if k not in self.logged_keys})
-        mlflow.set_tags({BACKBONE_SHA256: result.backbone_sha256,
-                         PHASES: PHASE_SEPARATOR.join(f"{p.phase}: {p.describe()}" for p in result.phases)})
+        phases = PHASE_SEPARATOR.join(f"{p.phase}: {p.describe()}" for p in result.phases)
+        self._log(as_metrics({k: v for k, v in final.items() if k not in self.logged_keys}),
+                  tags=as_tags({BACKBONE_SHA256: result.backbone_sha256, PHASES: phases}))
 
     def set_state(self, state: str) -> None:
-        mlflow.set_tag(STATE, state)
+        self._log(tags=as_tags(outcome_tags(self.name, state)))
+
+    def log_model(self, net: nn.Module, example: torch.Tensor) -> None:
+        """The trained network as an MLflow model of this run, with the signature of one input example.
+
+        Pickled: torch.export cannot trace the grad-mode switches of a frozen prefix, so loading it
+        (mlflow.pytorch.load_model) needs this package importable.
+        """
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), net.eval()(example).numpy())
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its warning that pickle is not pt2
+        mlflow.pytorch.log_model(net, name="model", signature=signature, serialization_format="pickle",
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+    def flush(self) -> None:
+        """Wait until every record handed over so far is written; a failed write raises here."""
+        pending, self._pending = self._pending, []
+        for write in pending:
+            write.result()
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str, system_metrics: bool = False) -> None:
+    def __init__(self, uri: str, experiment: str, system_metrics: bool = False, log_model: str = "none") -> None:
+        if log_model not in LOG_MODEL_CHOICES:
+            raise choice_error("tracking.log_model", log_model, LOG_MODEL_CHOICES)
+        self.log_best_models = log_model == "best"
         quiet_mlflow()
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
@@ -146,9 +234,12 @@ class Tracker:
         """Get or create; a worker that loses the race to create it uses the winner's."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if EXPERIMENT_KIND not in found.tags:  # made by an older version
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, CLASSIC_TRAINING)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location(self.client.tracking_uri))
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.client.tracking_uri),
+                                                 tags={EXPERIMENT_KIND: CLASSIC_TRAINING})
         except MlflowException:
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -159,9 +250,14 @@ class Tracker:
             order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
+    @cached_property
+    def _context_tags(self) -> dict[str, str]:
+        """What MLflow tags a run it starts itself with (source, user, git commit), looked up once."""
+        return run_context.resolve_tags()
+
     def _create_study_run(self, study_name: str, tags: dict[str, str]) -> str:
-        mine = self.client.create_run(self.experiment_id, run_name=study_name,
-                                      tags={ROLE: "study", STUDY: study_name, **tags}).info.run_id
+        tags = {**self._context_tags, ROLE: "study", STUDY: study_name, **tags}
+        mine = self.client.create_run(self.experiment_id, run_name=study_name, tags=tags).info.run_id
         winner = self._study_run_id(study_name)
         if winner != mine:
             self.client.delete_run(mine)
@@ -180,6 +276,20 @@ class Tracker:
             f"tags.`{STUDY}` = '{study_name}' and tags.`{TRIAL_NUMBER}` = '{trial_number}'")
         return runs[0].info.run_id if runs else None
 
+    def record_study(self, study_name: str, metrics: Mapping[str, float], params: Mapping[str, Any],
+                     tags: Mapping[str, str], config: dict[str, Any], dataset: DatasetInput) -> None:
+        """A study's summary onto its parent run (none if the study has not run a trial in this store)."""
+        run_id = self._study_run_id(study_name)
+        if run_id is None:
+            return
+        best_run = tags.get("best.run_id")
+        models = self.client.search_logged_models([self.experiment_id], f"source_run_id = '{best_run}'",
+                                                  max_results=1) if best_run and self.log_best_models else []
+        tags = {**tags, **({"best.model_uri": models[0].model_uri} if models else {})}
+        self.client.log_batch(run_id, as_metrics(metrics), as_params(params), as_tags(tags))
+        self.client.log_inputs(run_id, [dataset])
+        self.client.log_dict(run_id, config, "config.yaml")
+
     @contextmanager
     def study_run(self, study_name: str, tags: dict[str, str]) -> Iterator[str]:
         """The parent run of a study; running the sweep again, or another worker, continues the same parent.
@@ -195,24 +305,33 @@ class Tracker:
             raise
         self.client.set_terminated(run_id, "FINISHED")
 
-    def create_trial_run(self, parent_run_id: str, name: str, tags: dict[str, str], params: dict[str, object]) -> str:
+    def create_trial_run(self, parent_run_id: str, name: str, tags: dict[str, str], params: dict[str, object],
+                         dataset: DatasetInput) -> str:
         """The nested run of a new trial, created by the driver so that every attempt, wherever it runs, continues it."""
-        tags = run_context.resolve_tags({ROLE: "trial", MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name,
-                                         **tags})
+        tags = {**self._context_tags, ROLE: "trial", MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name, **tags}
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        self.client.log_batch(run_id, params=[Param(k, str(v)[:PARAM_LENGTH]) for k, v in params.items()])
+        self.client.log_batch(run_id, params=as_params(params))
+        self.client.log_inputs(run_id, [dataset])
         return run_id
 
     def fail_trial_run(self, run_id: str) -> None:
         """End the run of a trial that could not report its own end (every attempt's worker died)."""
-        self.client.set_tag(run_id, STATE, "failed")
+        name = self.client.get_run(run_id).info.run_name
+        self.client.log_batch(run_id, tags=as_tags(outcome_tags(name, "failed")))
         self.client.set_terminated(run_id, "FAILED")
 
 
 @contextmanager
 def continue_trial_run(uri: str, run_id: str, tags: dict[str, str], system_metrics: bool) -> Iterator[TrialRun]:
-    """One attempt at a trial, in whatever process runs it; an exception escaping the block ends the run FAILED."""
+    """One attempt at a trial, in whatever process runs it; an exception escaping the block ends the run FAILED.
+
+    The block ends once every record of the attempt is stored."""
     quiet_mlflow()
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=system_metrics) as run:
-        yield TrialRun.continued(MlflowClient(uri), run.info.run_id)
+    with mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=system_metrics) as run, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") as writer:  # one: records in order
+        trial_run = TrialRun.continued(MlflowClient(uri), run.info.run_id, writer)
+        try:
+            yield trial_run
+        finally:
+            trial_run.flush()

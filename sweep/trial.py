@@ -2,6 +2,7 @@
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -274,18 +275,27 @@ def _max_or_none(values: list[float | None]) -> float | None:
 
 def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None = None,
               checkpoint_dir: Path | None = None, settings: RunSettings = RunSettings(),
-              feature_cache: FeatureCache | None = None) -> TrialResult:
+              feature_cache: FeatureCache | None = None, records_stored: Callable[[], None] | None = None,
+              on_trained: Callable[[nn.Module, "TrialResult"], None] | None = None) -> TrialResult:
     """Run one trial. With `checkpoint_dir`, it checkpoints there at the end of an epoch once
     `settings.checkpoint_every_s` have passed since the last checkpoint, at the end of every phase and when it
     stops early, and, when it finds a checkpoint there, continues from it (repeating the epochs a killed process
     ran after its last checkpoint); the checkpoint is deleted once the trial finishes. `feature_cache` holds
-    derived data trials share (cached_prefix's features); None: the trial keeps its own."""
+    derived data trials share (cached_prefix's features); None: the trial keeps its own.
+
+    `records_stored` waits until what `on_epoch` handed to trackers is stored; it is called before a
+    checkpoint replaces the last one, so a checkpoint never claims an epoch whose records could be lost.
+    `on_trained` gets the trained network and the result before the network is dropped (to log the model).
+    """
     with intra_op_threads(settings.threads):
-        return _run(spec, task, model_def, on_epoch, checkpoint_dir, settings.checkpoint_every_s, feature_cache)
+        return _run(spec, task, model_def, on_epoch, checkpoint_dir, settings.checkpoint_every_s, feature_cache,
+                    records_stored, on_trained)
 
 
 def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None,
-         checkpoint_dir: Path | None, checkpoint_every_s: float, feature_cache: FeatureCache | None) -> TrialResult:
+         checkpoint_dir: Path | None, checkpoint_every_s: float, feature_cache: FeatureCache | None,
+         records_stored: Callable[[], None] | None,
+         on_trained: Callable[[nn.Module, "TrialResult"], None] | None) -> TrialResult:
     started = time.perf_counter()
     memory = make_peak_memory(resolve_device(spec.device))  # first: it hands back what earlier trials freed
     setup = set_up(spec, task, model_def)
@@ -303,7 +313,8 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
                       eval_mode_modules=held_norms(spec, net, setup.frozen), memory=memory,
                       tracer=Tracer(net, optimizer, mechanism, spec.grad_clip_norm))
     trainer.measure_starting_loss(*probe_batch)  # before resuming: the same untrained model in every process
-    checkpoint = Checkpoint(checkpoint_dir, repr(spec), checkpoint_every_s) if checkpoint_dir is not None else None
+    checkpoint = (Checkpoint(checkpoint_dir, repr(spec), checkpoint_every_s, records_stored)
+                  if checkpoint_dir is not None else None)
     run = PhasedRun(spec, setup, trainer, probe_batch, shuffling, checkpoint, started)
     run.resume()
 
@@ -317,7 +328,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
 
     n_frozen = phases[0].frozen_params
     deviations = [m.trace[SPLIT_DEVIATION] for m in history if SPLIT_DEVIATION in m.trace]
-    return TrialResult(
+    result = TrialResult(
         history=history,
         val_accuracy=history[-1].val_accuracy,
         test_accuracy=test_accuracy,
@@ -342,3 +353,6 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
         invariant_failed_epochs=sum(not invariant_holds(m.trace) for m in history),
         backbone_sha256=setup.backbone_sha256,
     )
+    if on_trained is not None:
+        on_trained(net, result)
+    return result

@@ -32,15 +32,19 @@ CHANNEL_CONVERSIONS = {1: partial(v2.Grayscale, num_output_channels=1), 3: v2.RG
 def model_transform(spec: InputSpec) -> v2.Compose:
     """PIL image -> normalised float tensor of the model's channels and size.
 
-    The shorter side is resized to the model's size, then the centre is cropped square.
+    After the channel conversion, the steps of torchvision's `ImageClassification` preset, the one a
+    weights enum's `transforms()` returns, in its order (resized and cropped as a PIL image): the shorter
+    side to `spec.resize_size`, the centre cropped to `spec.size`, scaled to [0, 1], normalised. No
+    augmentation: every mechanism sees the same pixels.
     """
     if spec.channels not in CHANNEL_CONVERSIONS:
         raise choice_error("input channel count", spec.channels, map(str, CHANNEL_CONVERSIONS))
     return v2.Compose([
-        v2.ToImage(),
         CHANNEL_CONVERSIONS[spec.channels](),
-        v2.Resize(spec.size, antialias=True),
+        v2.Resize(spec.resize_size or spec.size, interpolation=v2.InterpolationMode(spec.interpolation),
+                  antialias=True),
         v2.CenterCrop(spec.size),
+        v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(spec.mean), list(spec.std)),
     ])
@@ -78,7 +82,8 @@ def official_task(source: OfficialSet, name: str, input_spec: InputSpec, base_di
     test = source.open(root_dir, False, transform, download)
     targets = np.asarray(train.targets)
     rest, val = split_off(np.arange(len(targets)), targets, val_fraction, split_seed, "data.val_fraction")
-    return Task(name, Subset(train, rest.tolist()), Subset(train, val.tolist()), test, num_classes=len(train.classes))
+    return Task(name, Subset(train, rest.tolist()), Subset(train, val.tolist()), test, num_classes=len(train.classes),
+                reads_files=True)
 
 
 # The task builders sweep.data registers by name (without importing this module).
@@ -116,7 +121,8 @@ def imagefolder_task(input_spec: InputSpec, base_dir: Path, root: str | None = N
     check_images(path for path, _ in images.samples)
     train, val, test = three_way_split(np.asarray(images.targets), val_fraction, test_fraction, split_seed)
     subsets = (Subset(images, part.tolist()) for part in (train, val, test))
-    return Task("imagefolder", *subsets, num_classes=len(images.classes), identity=files_stamp(images.samples))
+    return Task("imagefolder", *subsets, num_classes=len(images.classes), identity=files_stamp(images.samples),
+                reads_files=True)
 
 
 def files_stamp(samples: list[tuple[str, int]]) -> str:

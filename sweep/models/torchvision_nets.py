@@ -204,8 +204,11 @@ class TorchvisionNet(ModelDef):
         preprocessing = reference.transforms()
         self.input_size = input_size if input_size is not None else preprocessing.crop_size[0]
         self._check_input_size()
+        # the weights' own preprocessing (resize, centre crop, normalise), scaled to another input size
+        resize_size = round(self.input_size * preprocessing.resize_size[0] / preprocessing.crop_size[0])
         self.input_spec = InputSpec(channels=3, size=self.input_size, mean=tuple(preprocessing.mean),
-                                    std=tuple(preprocessing.std))
+                                    std=tuple(preprocessing.std), resize_size=resize_size,
+                                    interpolation=preprocessing.interpolation.value)
         self.pretrained = weights is not None or weights_path is not None
         self._state: StateDict | None = None
         self._source = "not pretrained (random init)"

@@ -11,7 +11,7 @@ from sweep.report.plots import PLOTS, Plot
 from sweep.report.records import Records, TrialRecord
 from sweep.report.setup import facts
 from sweep.report.summary import BASELINE, Comparison, StrategySummary, comparisons
-from sweep.report.tables import Table, tables
+from sweep.report.tables import Table, tables, trial_table
 
 
 @dataclass
@@ -128,7 +128,9 @@ def build(records: Records, command: str) -> Document:
                ("regenerate with", command)]
     return Document(f"freeze-sweep report: {', '.join(records.experiments)}",
                     datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), sources,
-                    _warnings(records, found), facts(records), tables(found, palette), sections, found)
+                    _warnings(records, found), facts(records),
+                    [*tables(found, palette), trial_table(found, palette, records.sources.tracking_uri)], sections,
+                    found)
 
 
 def trial_rows(records: Records) -> list[dict[str, object]]:

@@ -89,7 +89,7 @@ def compare(trials: Sequence[TrialRecord], reference_trials: Sequence[TrialRecor
     test_diffs, val_diffs, differing = [], [], set()
     for trial in (t for t in trials if t.measured):
         partner = by_number.get(trial.number)
-        if partner is None or partner.params != trial.params:
+        if partner is None or partner.configuration != trial.configuration:
             verdict.unpaired += 1
             continue
         if trial.backbone_sha256 != partner.backbone_sha256:

@@ -4,6 +4,7 @@ Each plot function takes one comparison and returns a `Plot`: a PNG, or the reas
 """
 
 import io
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,8 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import optuna  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from optuna.distributions import FloatDistribution, IntDistribution  # noqa: E402
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from optuna.visualization.matplotlib import plot_optimization_history, plot_parallel_coordinate  # noqa: E402
 
 from sweep.blocknet import HEAD  # noqa: E402
 from sweep.report.palette import Style  # noqa: E402
@@ -263,5 +267,92 @@ def importances(comparison: Comparison, styles: dict[str, Style]) -> Plot:
     return _finish(plot, fig, f"Hyperparameter importances: {comparison.title}")
 
 
+def trial_curves(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("trial_curves", "Learning curves of every trial",
+                "One panel per strategy, one line per trial: solid = finished, dashed = pruned (it stopped where "
+                "its line ends), thick = the strategy's best trial.")
+    studies = [s for s in comparison.studies if any(t.curves.get("val_accuracy") for t in s.trials)]
+    if not studies:
+        plot.note = "no trial recorded a validation accuracy"
+        return plot
+    columns = min(3, len(studies))
+    rows = -(-len(studies) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns + 1, 3.2 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    best = {s.strategy: s.best.number for s in comparison.summaries if s.best is not None}
+    for ax, study in zip(axes.flat, studies):
+        for trial in study.trials:
+            curve = trial.curves.get("val_accuracy", [])
+            ax.plot(range(1, len(curve) + 1), curve, color=styles[study.strategy].color, alpha=0.75,
+                    linestyle="--" if trial.state == "pruned" else "-",
+                    linewidth=2.6 if best.get(study.strategy) == trial.number else 1.0)
+        ax.set_title(study.strategy, fontsize=10)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(studies):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation accuracy")
+    return _finish(plot, fig, f"Every trial's validation accuracy: {comparison.title}")
+
+
+def _optuna_axes(draw: Callable[[], Axes]) -> Axes:
+    """An Optuna matplotlib plot, its style sheet (ggplot) kept to its own figure and its notices silenced
+    (its functions are "experimental"; an axis with a single value, e.g. one strategy, makes matplotlib warn)."""
+    with plt.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return draw()
+
+
+def optimization_history(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("optimization_history", "Optimisation history (Optuna)",
+                "optuna.visualization.matplotlib.plot_optimization_history over every strategy's study: each "
+                "finished trial's validation accuracy in the order Optuna ran them, and the best so far.")
+    studies = [s for s in comparison.studies if s.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not studies:
+        plot.note = "no strategy has a finished trial"
+        return plot
+    multi_objective = len(studies[0].study.directions) > 1  # then Optuna needs to be told which value to plot
+    ax = _optuna_axes(lambda: plot_optimization_history(
+        [s.study for s in studies], target=(lambda t: t.values[0]) if multi_objective else None,
+        target_name="validation accuracy"))
+    for study in studies:  # the report's colours, and strategies rather than study names in the legend
+        suffix = f" of {study.name}" if len(studies) > 1 else ""  # Optuna names the study only among several
+        for artist in [*ax.collections, *ax.lines]:
+            label = artist.get_label()
+            if not label.startswith("_") and label.endswith(suffix):
+                artist.set_color(styles[study.strategy].color)
+                artist.set_label(f"{label.removesuffix(suffix)} of {study.strategy}")
+    ax.set_title("")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.figure.set_size_inches(9, 5)
+    return _finish(plot, ax.figure, f"Optimisation history: {comparison.title}")
+
+
+def parallel_coordinates(comparison: Comparison, styles: dict[str, Style]) -> Plot:
+    plot = Plot("parallel_coordinates", "Parallel coordinates (Optuna)",
+                "optuna.visualization.matplotlib.plot_parallel_coordinate over the finished trials of every "
+                "strategy, the strategy as one more axis: one line per trial, coloured by validation accuracy.")
+    combined = optuna.create_study(directions=["maximize"])  # in memory: every strategy's trials side by side
+    strategies = CategoricalDistribution([s.strategy for s in comparison.studies])
+    for study in comparison.studies:
+        for trial in study.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            combined.add_trial(optuna.trial.create_trial(
+                params={"strategy": study.strategy, **trial.params}, value=trial.values[0],
+                distributions={"strategy": strategies, **trial.distributions}))
+    if not combined.trials:
+        plot.note = "no strategy has a finished trial"
+        return plot
+    ax = _optuna_axes(lambda: plot_parallel_coordinate(combined, target_name="validation accuracy"))
+    ax.set_title("")
+    ax.figure.set_size_inches(2.2 * (len(combined.best_trial.params) + 1) + 2, 5)
+    return _finish(plot, ax.figure, f"Parallel coordinates: {comparison.title}")
+
+
 PLOTS: tuple[Callable[[Comparison, dict[str, Style]], Plot], ...] = (
-    pareto, cost, learning_curves, lr_traces, accuracy_vs_params, importances)
+    pareto, cost, learning_curves, trial_curves, lr_traces, accuracy_vs_params, importances, optimization_history,
+    parallel_coordinates)

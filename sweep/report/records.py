@@ -18,10 +18,10 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import ConfigError
-from sweep.search import database_storage, journal_path, journal_storage
+from sweep.search import is_database_url, journal_file, journal_path, storage_opener
 from sweep.strategies import MECHANISMS
 from sweep.trace import is_trace
-from sweep.tracking import BACKBONE_SHA256, ROLE, STUDY, TRIAL_NUMBER, check_reachable, sqlite_path
+from sweep.tracking import BACKBONE_SHA256, ROLE, STUDY, STUDY_PARAMS, TRIAL_NUMBER, check_reachable, sqlite_path
 
 STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 UNFINISHED = "running"  # RUNNING or WAITING in Optuna: still going, or its process died
@@ -61,6 +61,7 @@ class TrialRecord:
     number: int
     state: str
     run_id: str | None = None
+    experiment_id: str | None = None  # MLflow's, for a link to the run
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)  # the trial's whole flattened config, as MLflow holds it
     searched: dict[str, float] = field(default_factory=dict)  # what Optuna sampled
@@ -80,6 +81,11 @@ class TrialRecord:
     @property
     def backbone_sha256(self) -> str | None:
         return self.tags.get(BACKBONE_SHA256) or None
+
+    @property
+    def configuration(self) -> dict[str, str]:
+        """Its params less those naming its study (`STUDY_PARAMS`): what a paired trial of another strategy shares."""
+        return {k: v for k, v in self.params.items() if k not in STUDY_PARAMS}
 
     @property
     def measured(self) -> bool:
@@ -153,14 +159,17 @@ def check_sources(sources: Sources) -> None:
         raise ConfigError(f"no MLflow records at {database}: run `python -m sweep.run` first, or pass "
                           "results_dir=DIR or tracking.uri=URI of the sweep")
     check_reachable(sources.tracking_uri)
-    journal = journal_path(sources.results_dir)
-    if sources.storage_url is None and not journal.is_file():
-        raise ConfigError(f"no Optuna journal at {journal}; pass search.storage=URL if the sweep used a database")
+    url = sources.storage_url
+    if url is None or not is_database_url(url):
+        journal = journal_path(sources.results_dir) if url is None else journal_file(url, Path.cwd())
+        if not journal.is_file():
+            raise ConfigError(f"no Optuna journal at {journal}; pass search.storage=URL (or the journal's path) of "
+                              "the sweep's storage")
 
 
 def load(sources: Sources, experiments: list[str]) -> Records:
     check_sources(sources)
-    storage = database_storage(sources.storage_url) if sources.storage_url else journal_storage(sources.results_dir)
+    storage = storage_opener(sources.storage_url, sources.results_dir, Path.cwd())()
     client = MlflowClient(sources.tracking_uri)
     studies = [study for experiment in experiments for study in _load_experiment(client, storage, sources, experiment)]
     return Records(sources, experiments, studies)
@@ -226,6 +235,7 @@ def _trial_record(client: MlflowClient, experiment: str, study_tags: dict[str, s
     if run is None:
         return record
     record.run_id = run.info.run_id
+    record.experiment_id = run.info.experiment_id
     record.tags = dict(run.data.tags)
     record.params = dict(run.data.params)
     record.metrics = {k: v for k, v in run.data.metrics.items() if not math.isnan(v)}

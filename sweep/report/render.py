@@ -69,8 +69,9 @@ TABLE = jinja2.Template("""<h2>{{ t.title }}</h2>
 <div class="scroll"><table id="{{ t.id }}">
 <thead><tr>{% for h in t.headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
 <tbody>
-{% for row, color in rows %}<tr>{% for cell in row %}<td{% if numeric(cell) %} class="num"{% endif %}>
-{%- if loop.first and color %}<span class="swatch" style="background: {{ color }}"></span>{% endif %}{{ cell }}</td>
+{% for row, color, link in rows %}<tr>{% for cell in row %}<td{% if numeric(cell) %} class="num"{% endif %}>
+{%- if loop.first and color %}<span class="swatch" style="background: {{ color }}"></span>{% endif %}
+{%- if link and loop.index0 == t.link_column %}<a href="{{ link }}">{{ cell }}</a>{% else %}{{ cell }}{% endif %}</td>
 {%- endfor %}</tr>
 {% endfor %}</tbody>
 </table></div>
@@ -84,7 +85,8 @@ def _numeric(cell: str) -> bool:
 
 def _table_html(t: Table) -> markupsafe.Markup:
     colors = t.colors or [None] * len(t.rows)
-    return markupsafe.Markup(TABLE.render(t=t, rows=zip(t.rows, colors), numeric=_numeric))
+    links = t.links or [None] * len(t.rows)
+    return markupsafe.Markup(TABLE.render(t=t, rows=zip(t.rows, colors, links), numeric=_numeric))
 
 
 def plot_file(section: Section, plot: Plot, sections: Sequence[Section]) -> str:
@@ -112,6 +114,9 @@ def code(value: str) -> str:
 
 def _table_markdown(t: Table) -> str:
     rows = [[text(cell) for cell in row] for row in t.rows]
+    for row, link in zip(rows, t.links):
+        if link:
+            row[t.link_column] = f"[{row[t.link_column]}](<{link}>)"
     table = tabulate(rows, headers=[text(h) for h in t.headers], tablefmt="github")
     return f"## {text(t.title)}\n\n{text(t.caption)}\n\n{table}\n"
 

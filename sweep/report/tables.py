@@ -1,9 +1,10 @@
 """The report's tables as formatted text: one definition feeds both the HTML and the Markdown."""
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sweep.report.palette import Style
+from sweep.report.records import TrialRecord
 from sweep.report.summary import BASELINE, Comparison, StrategySummary
 
 Cell = Callable[[StrategySummary], str]
@@ -151,6 +152,32 @@ class Table:
     headers: list[str]
     rows: list[list[str]]
     colors: list[str]  # each row's strategy colour, to match the plots
+    links: list[str | None] = field(default_factory=list)  # per row: where the cell in `link_column` points
+    link_column: int | None = None
+
+
+def run_link(tracking_uri: str, trial: TrialRecord) -> str | None:
+    """The trial's page in MLflow's UI, when the records come from a tracking server (a local store has no
+    address a reader could open)."""
+    if not tracking_uri.startswith(("http://", "https://")) or trial.run_id is None:
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{trial.experiment_id}/runs/{trial.run_id}"
+
+
+def trial_table(comparisons: Sequence[Comparison], styles: dict[str, Style], tracking_uri: str) -> Table:
+    """Every trial, each row leading to its MLflow run where the tracking URI is a server."""
+    grouped = len(comparisons) > 1
+    searched = sorted({path for c in comparisons for path in c.searched})
+    trials = [(c, t) for c in comparisons for t in c.trials]
+    headers = [*(c.header for c in GROUP if grouped), "strategy", "trial", "state", "epochs", "val accuracy",
+               "test accuracy", *searched, "MLflow run"]
+    rows = [[*((c.experiment, c.lr_split) if grouped else ()), t.strategy, str(t.number), t.state, str(t.epochs_run),
+             fmt(t.metrics.get("val_accuracy"), ".4f"), fmt(t.metrics.get("test_accuracy"), ".4f"),
+             *(fmt(t.searched.get(path), ".4g") for path in searched), t.run_id or "-"] for c, t in trials]
+    return Table("trials", "Trials", "Every trial of every strategy; the run column leads to the trial's run in MLflow "
+                 "when the records come from a tracking server.", headers, rows,
+                 [styles[t.strategy].color for _, t in trials], [run_link(tracking_uri, t) for _, t in trials],
+                 link_column=len(headers) - 1)
 
 
 def tables(comparisons: Sequence[Comparison], styles: dict[str, Style]) -> list[Table]:

@@ -82,6 +82,9 @@ RUN_CASES = {
     "a multirun with an unknown strategy": (["-m", "+strategy=zero_lr,bogus"], "unknown strategy 'bogus'"),
     "unresolvable interpolation": (["train.epochs=${nope}"], "Interpolation key 'nope' not found"),
     "unreachable storage": (["search.storage=postgresql://nobody@127.0.0.1:9/none"], "cannot use Optuna storage"),
+    "journal in a missing folder": (["search.storage=no-such-folder/studies.journal"],
+                                    "search.storage='no-such-folder/studies.journal' is in a directory that does not "
+                                    "exist"),
     "unreachable tracking server": (["tracking.uri=http://127.0.0.1:9"], "cannot use MLflow tracking URI"),
 }
 REPORT_CASES = {

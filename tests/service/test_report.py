@@ -137,7 +137,7 @@ def test_the_report_is_logged_to_the_experiment_in_mlflow(report, tiny_sweep):
 @pytest.mark.parametrize(("args", "message"), [
     (["experiment=nope"], "no experiment 'nope'"),
     (["tracking.uri=http://127.0.0.1:9"], "cannot use MLflow tracking URI"),
-    (["search.storage=not-a-url"], "is not a database URL"),
+    (["search.storage=not-a-url"], "no Optuna journal at"),
     (["report.bogus=1"], "report.bogus"),
     (["model=bogus"], "unknown model 'bogus'"),
 ])

@@ -119,6 +119,7 @@ def test_diverged_trials_fail_and_are_replaced_until_max_failures_stops_the_stud
     experiment = client.get_experiment_by_name("diverge")
     runs = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'trial'")
     assert sorted((r.info.status, r.data.tags["sweep.state"]) for r in runs) == [("FAILED", "failed")] * 2
+    assert sorted(r.info.run_name for r in runs) == ["full_finetune-0 (failed)", "full_finetune-1 (failed)"]
 
 
 def test_an_explicit_override_is_fixed_and_two_objectives_are_recorded(tmp_path, cache_dir):
@@ -144,4 +145,5 @@ def test_pruned_trials_are_pruned_in_optuna_and_tagged_in_mlflow(tmp_path, cache
         assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [1]
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.tags["sweep.state"] == "pruned" and run.info.status == "FINISHED"
+        assert run.info.run_name == f"zero_lr-{trial.number} (pruned)"  # what MLflow's runs table shows
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
