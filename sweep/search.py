@@ -142,7 +142,8 @@ def check_study(storage: BaseStorage, name: str, fixed_config: dict[str, Any]) -
                           f"(changed: {', '.join(changed)}); pass experiment=NEW_NAME to start a new comparison")
 
 
-def open_study(storage: BaseStorage, name: str, settings: SearchSettings, fixed_config: dict[str, Any]) -> "WorkerStudy":
+def open_study(storage: BaseStorage, name: str, settings: SearchSettings,
+               fixed_config: dict[str, Any]) -> "WorkerStudy":
     """Create or reopen a study (after `check_study`)."""
     optuna.create_study(storage=storage, study_name=name, directions=OBJECTIVES[settings.multi_objective],
                         load_if_exists=True)

@@ -73,6 +73,6 @@ def test_tracking_log_model_best_logs_the_best_model_of_each_strategy(tmp_path, 
     best_run = study.best_trial.user_attrs["mlflow_run_id"]
     (model,) = client.search_logged_models([parent.info.experiment_id], f"source_run_id = '{best_run}'")
     assert parent.data.tags["best.model_uri"] == model.model_uri
-    net = mlflow.pytorch.load_model(model.model_uri)
+    net = mlflow.pytorch.load_model(model.artifact_location)  # its files, without a tracking URI to look it up
     images = torch.stack([torch.zeros(1, 8, 8), torch.ones(1, 8, 8)])
     assert net.eval()(images).shape == (2, 5)  # the five target digits
