@@ -6,11 +6,10 @@ The tags and metric names here are the contract the report reads back.
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -97,20 +96,11 @@ def check_reachable(uri: str) -> None:
             new = database is not None and not database.exists()
             with stage(f"creating the MLflow database {database}") if new else nullcontext():
                 retry_schema_race(lambda: MlflowClient(uri).search_experiments(max_results=1))
-                if new:
-                    write_ahead_log(database)
     except ConfigError:
         raise
     except Exception as err:  # MLflow raises many types here: all mean "this store cannot be used"
         raise ConfigError(f"cannot use MLflow tracking URI {uri!r} ({one_line(err)[:200]}); start the server or pass "
                           "tracking.uri=URI (e.g. sqlite:////abs/path/mlflow.db or http://host:5000)") from None
-
-
-def write_ahead_log(database: Path) -> None:
-    """Switch a new SQLite store to write-ahead logging (it stays so): a commit then syncs one file, not three,
-    which makes each MLflow write several times cheaper, and readers (`mlflow ui`, reports) never block it."""
-    with closing(sqlite3.connect(database)) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")
 
 
 def as_params(values: Mapping[str, Any]) -> list[Param]:
