@@ -176,6 +176,13 @@ def run_mlflow_ui(workdir: Workdir, command: str) -> None:
     assert status == 200 and '"digits-transfer"' in body, body[:500]
 
 
+def run_optuna_dashboard(workdir: Workdir, command: str) -> None:
+    port = free_port()
+    server = workdir.start(f"{command} --host 127.0.0.1 --port {port} --quiet")
+    status, body = get(f"http://127.0.0.1:{port}/api/studies", server)
+    assert status == 200 and '"digits-transfer.requires_grad.head_backbone"' in body, body[:500]
+
+
 def run_mlflow_server(workdir: Workdir, command: str) -> None:
     """As written, on a free loopback port and the throwaway PostgreSQL; `tracking-host` does not resolve here,
     so the workers reach it as 127.0.0.1, which is added to the allowed hosts."""
@@ -228,6 +235,7 @@ RUNNERS: list[tuple[str, Callable[[Workdir, str], None]]] = [
     (r"python -m sweep\.report\b", run_report),
     (r"mlflow ui\b", run_mlflow_ui),
     (r"mlflow server\b", run_mlflow_server),
+    (r"optuna-dashboard\b", run_optuna_dashboard),
     (r"python scripts/\w+\.py\b", run_script),
     (r"ray start\b", start_ray_node),
 ]
