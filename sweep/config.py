@@ -160,14 +160,9 @@ RUN_SETTINGS = ("threads", "checkpoint_every_s")
 
 
 def run_settings(train: Config) -> RunSettings:
-    threads = _int_or_none(train.get("threads"), "train.threads")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"train.threads={threads} must be >= 1, or null to share the cores among this host's workers")
-    every_s = train.get("checkpoint_every_s", CHECKPOINT_EVERY_S)
-    if isinstance(every_s, bool) or not isinstance(every_s, int | float) or not every_s >= 0:
-        raise ConfigError(f"train.checkpoint_every_s={every_s!r} must be a number of seconds >= 0 "
-                          "(0: checkpoint after every epoch)")
-    return RunSettings(threads=threads, checkpoint_every_s=float(every_s))
+    """How trials run; sweep/schema.py has checked both values (threads >= 1 or null, seconds >= 0)."""
+    return RunSettings(threads=train.get("threads"),
+                       checkpoint_every_s=float(train.get("checkpoint_every_s", CHECKPOINT_EVERY_S)))
 
 
 def without_run_settings(cfg: Config) -> Config:

@@ -247,7 +247,7 @@ def test_another_models_weights_file(tmp_path):
 @pytest.mark.parametrize("options, message", [
     ({"weights": "IMAGENET_V9"}, r"unknown resnet18 weights 'IMAGENET_V9'; choose one of: DEFAULT, IMAGENET1K_V1"),
     ({"input_size": 0}, r"model\.input_size=0 must be a whole number"),
-    ({"input_size": "big"}, r"model\.input_size='big' must be a whole number"),
+    ({"input_size": "big"}, r"model 'resnet18': input_size=big is not valid: it must be a valid integer"),
     ({"colour": "red"}, r"model 'resnet18': .*colour"),
 ])
 def test_bad_model_options(tmp_path, options, message):

@@ -31,6 +31,6 @@ def test_trial_rows_lead_to_their_runs_on_a_tracking_server_only(tiny_sweep):
     page, text = html(document), markdown(document)
     for trial in records.trials:
         url = f"http://mlflow.example:5000/#/experiments/{trial.experiment_id}/runs/{trial.run_id}"
-        assert f'<a href="{url}">{trial.run_id}</a>' in page and f"[{trial.run_id}]({url})" in text
+        assert f'<a href="{url}">{trial.run_id}</a>' in page and f"[{trial.run_id}](<{url}>)" in text
     local = html(build(tiny_records(tiny_sweep), "python -m sweep.report"))
     assert not re.search(r'href="http', local)  # a local store has no address a reader could open

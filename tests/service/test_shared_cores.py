@@ -27,5 +27,5 @@ def test_a_bad_thread_count_is_one_line(tmp_path):
     done = sweep_command("sweep.run", *ARGS, "train.threads=0", f"results_dir={tmp_path / 'results'}")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: train.threads=0 must be >= 1, or null to share the cores among this host's workers"]
+        "error: train.threads=0 is not valid: it must be greater than or equal to 1"]
     assert not (tmp_path / "results").exists()
