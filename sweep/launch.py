@@ -15,16 +15,19 @@ from sweep.executors import make_executor
 from sweep.job import TrialInputs
 from sweep.parent_run import record_studies
 from sweep.paths import default_uri, remove_empty_dirs
+from sweep.repeats import Repeats
 from sweep.search import SearchSettings, storage_opener
+from sweep.step_timing import TimingSettings
 from sweep.stores import outage_is_one_line
 from sweep.strategies import MECHANISMS
-from sweep.study import StrategyStudy, StudyPlan, print_summary
+from sweep.study import StrategyStudy, StudyPlan, print_next_steps, print_summary
 from sweep.threads import share_cores, threads_for
+from sweep.timing import is_timed, time_studies
 from sweep.tracking import Tracker, check_reachable
 from sweep.trial import set_up
 from sweep.workers import WorkerRegistry
 
-NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy", "executor", "cache")
+NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy", "executor", "cache", "timing")
 
 
 def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
@@ -38,6 +41,7 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     for name in strategies:
         MECHANISMS.get(name)
     settings = SearchSettings.from_config(cfg["search"], lambda path: has_path(cfg, path), fixed)
+    timing = TimingSettings.from_config(cfg["timing"])
     executor = make_executor(*split_name(cfg["executor"], "executor"))
     executor.check()
     cache = feature_cache(cfg, workspace)
@@ -62,23 +66,41 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
                            task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"],
                                    cfg["tracking"]["log_model"]),
-                           workspace, runtime, workers, executor, cache, left_out)
+                           workspace, runtime, workers, executor, timing, cache, left_out)
     study_plan.check_studies()
     workers.register()
     return study_plan
 
 
+def print_end_of_run(study_plan: StudyPlan) -> None:
+    """The report's answer and table for this sweep, then where to look next."""
+    from sweep.report.records import Sources  # the report's pipeline: imported only once the sweep is done
+    from sweep.report.terminal import end_of_run
+
+    sources = Sources(study_plan.tracker.uri, study_plan.settings.storage, study_plan.workspace.results_dir)
+    print()
+    print(end_of_run(sources, study_plan.experiment, study_plan.lr_split))
+    print_next_steps(study_plan)
+
+
 def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
-    """Every strategy's study, its trials run by the executor, then the end-of-run table."""
+    """Every strategy's study, then their confirmation runs (both run by the executor), the side-by-side timing
+    and the answer."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress bar and summary say it; failures get one line each
     study_plan = plan(cfg, base_dir, fixed)
     for reason in study_plan.left_out.values():
         print(f"not compared: {reason}")
     studies = [StrategyStudy(study_plan, strategy) for strategy in study_plan.strategies]
+    inputs = TrialInputs(study_plan.model_def, study_plan.task, study_plan.feature_cache)
+    repeats = [Repeats(study) for study in studies]
     with outage_is_one_line():
-        study_plan.executor.run(studies, TrialInputs(study_plan.model_def, study_plan.task, study_plan.feature_cache))
+        study_plan.executor.run(studies, inputs)
+        study_plan.executor.run(repeats, inputs)
+        if any(r.ran for r in repeats) or not all(is_timed(study_plan, study) for study in studies):
+            time_studies(study_plan, studies, study_plan.timing)
         record_studies(study_plan, studies, cfg)
     if study_plan.workers.live() == 1:  # no other worker of this host is about to hand out a trial in them
         for study in studies:  # each folder kept while anything is in it
             remove_empty_dirs(study.checkpoints_dir, study_plan.workspace.path("checkpoints"))
     print_summary(study_plan, studies)
+    print_end_of_run(study_plan)

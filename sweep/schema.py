@@ -200,6 +200,15 @@ class Search(TypedDict):
     multi_objective: bool
     pruner: Choice
     space: dict[str, SpaceNode] | None
+    repeats: PositiveInt
+    repeat_seed_offset: NonNegativeInt
+
+
+@section
+class Timing(TypedDict):
+    rounds: NonNegativeInt
+    steps: PositiveInt
+    warmup_rounds: NonNegativeInt
 
 
 @section
@@ -222,6 +231,7 @@ class RunConfig(TypedDict):
     train: Train
     cache: Cache
     search: Search
+    timing: Timing
     tracking: Tracking
     executor: Choice
 

@@ -59,6 +59,8 @@ class SearchSettings:
     multi_objective: bool
     pruner: optuna.pruners.BasePruner
     space: list[Dimension] = field(default_factory=list)
+    repeats: int = 1
+    repeat_seed_offset: int = 1000
 
     @classmethod
     def from_config(cls, section: dict[str, Any], cfg_has: Callable[[str], bool], fixed: set[str]) -> "SearchSettings":
@@ -69,7 +71,7 @@ class SearchSettings:
         pruner_name, pruner_options = split_name(section["pruner"], "search.pruner")
         pruner = PRUNERS.build("none" if multi_objective else pruner_name, {} if multi_objective else pruner_options)
         return cls(section["n_trials"], section["max_failures"], section["sampler_seed"], section.get("storage"),
-                   multi_objective, pruner, space)
+                   multi_objective, pruner, space, section["repeats"], section["repeat_seed_offset"])
 
 
 def journal_path(results_dir: Path) -> Path:

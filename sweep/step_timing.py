@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -94,6 +94,18 @@ def time_rounds(groups: Sequence[Sequence[K]], steps: Mapping[K, Step], batches:
     for _ in range(warmup_rounds):
         time_round(groups, steps, batches, order, device)
     return [time_round(groups, steps, batches, order, device) for _ in range(rounds)]
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    rounds: int  # 0: no timing
+    steps: int
+    warmup_rounds: int
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> "TimingSettings":
+        """`section` passed sweep.schema's `Timing`."""
+        return cls(section["rounds"], section["steps"], section["warmup_rounds"])
 
 
 @dataclass(frozen=True)

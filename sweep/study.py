@@ -31,6 +31,7 @@ from sweep.paths import Workspace, default_uri
 from sweep.schedules import SCALAR_LR_SCHEDULES
 from sweep.search import (WORKER_ATTR, SearchSettings, TrialBudget, check_study, done_trials,
                           open_study, study_name)
+from sweep.step_timing import TimingSettings
 from sweep.strategies import MECHANISMS
 from sweep.trace import SPLIT_TOLERANCE
 from sweep.tracking import BACKBONE, STUDY, STUDY_PARAMS, TRIAL_NUMBER, DatasetInput, Tracker, dataset_input
@@ -58,6 +59,7 @@ class StudyPlan:
     run_settings: RunSettings  # threads None: share the cores among the workers of the host a trial runs on
     workers: WorkerRegistry
     executor: Executor
+    timing: TimingSettings
     feature_cache: FeatureCache  # cached_prefix's features, shared by the trials of every study
     left_out: dict[str, str] = field(default_factory=dict)  # strategy -> why it cannot run this configuration exactly
 
@@ -95,6 +97,7 @@ class StrategyStudy:
         self.plan = plan
         self.strategy = strategy
         self.name = study_name(plan.experiment, strategy, plan.lr_split)
+        self.config = plan.trial_config
         self.study = open_study(plan.storage, self.name, plan.settings, plan.fixed_config())
         self.identity = self._identity()
         self._bar: tqdm | None = None
@@ -128,6 +131,8 @@ class StrategyStudy:
         settings = self.plan.settings
         self._to_resume = self._interrupted_trials()
         to_ask = max(settings.n_trials - len(done_trials(self.study)) - len(self._to_resume), 0)
+        if not settings.space:  # nothing to search: the confirmation runs (search.repeats) are the runs
+            to_ask = 0
         self._budget = TrialBudget(to_ask, settings.max_failures)
         if not to_ask and not self._to_resume:
             self.plan.tracker.end_study_run(self.name)  # one a worker killed after the last trial left RUNNING
@@ -193,13 +198,18 @@ class StrategyStudy:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return [t for t in running if worker_is_dead(t.user_attrs.get(WORKER_ATTR))]
 
+    def run_tags(self) -> dict[str, str]:
+        """What every run of this study, trial or repeat, is tagged with."""
+        return {**self.identity, "model.pretrained": str(self.plan.model_def.pretrained).lower(),
+                BACKBONE: self.plan.model_def.describe(), STUDY: self.name}
+
     def checkpoint_dir(self, number: int) -> Path:
         return self.plan.workspace.checkpoint_dir(self.name, number)
 
     def _start(self, trial: optuna.Trial, last_step: int | None) -> TrialJob:
         """Sample (or, for an interrupted trial, recall) its hyperparameters and give it an MLflow run."""
         values = {dim.path: dim.suggest(trial) for dim in self.plan.settings.space}
-        config = with_values(self.plan.trial_config, values)
+        config = with_values(self.config, values)
         spec = trial_spec(config, self.strategy, self.plan.seed + trial.number)
         trial.set_user_attr(WORKER_ATTR, WORKER)  # claims a resumed trial (a new one names its worker from the start)
         best = self._best_so_far()
@@ -220,8 +230,7 @@ class StrategyStudy:
         return job
 
     def _create_run(self, trial: optuna.Trial, config: dict[str, Any]) -> str:
-        tags = {**self.identity, "model.pretrained": str(self.plan.model_def.pretrained).lower(),
-                BACKBONE: self.plan.model_def.describe(), STUDY: self.name, TRIAL_NUMBER: str(trial.number)}
+        tags = {**self.run_tags(), TRIAL_NUMBER: str(trial.number)}
         return self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags,
                                                   self.identity | flatten(config), self.plan.dataset)
 
@@ -310,6 +319,10 @@ def print_summary(plan: StudyPlan, studies: Sequence[StrategyStudy]) -> None:
     notes = _notes(plan, summaries)
     if notes:
         print("\n" + "\n".join(textwrap.fill(note, WIDTH, subsequent_indent="  ") for note in notes))
+
+
+def print_next_steps(plan: StudyPlan) -> None:
+    """Where to look next: the commands that open the runs and export the report, pasted into a shell as they read."""
     uri = plan.tracker.uri
     results = plan.workspace.results_dir
     report = ["python", "-m", "sweep.report", override("experiment", plan.experiment), override("results_dir", results)]

@@ -17,7 +17,7 @@ from typing import Any
 import mlflow
 import mlflow.pytorch
 import torch
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -52,6 +52,16 @@ STUDY_PARAMS = ("strategy", "lr_split", "freeze.selection")
 EXPERIMENT_KIND = "mlflow.experimentKind"
 CLASSIC_TRAINING = "custom_model_development"  # the kind's value for training runs; without it MLflow 3 opens its
 #                                                GenAI overview rather than the runs
+REPEAT = "sweep.repeat"  # a confirmation run's index r, 0-based
+CHOSEN_TRIAL = "sweep.chosen_trial"  # the trial whose configuration a repeat re-runs; NOTHING_SEARCHED if none
+NOTHING_SEARCHED = "none"
+SEED = "sweep.seed"  # the seed a repeat ran with
+DRIVER = "sweep.driver"  # host:pid of the sweep process that claimed a repeat, to resume it once that process is gone
+# The side-by-side timing, on each study's parent run: <name>.median, <name>.q1, <name>.q3
+STEP_MS = "timing.step_ms"  # milliseconds per training step
+RATIO = "timing.vs_full_finetune"  # within-round ratio of median steps to full_finetune's
+QUANTILES = ("median", "q1", "q3")
+SESSION = "timing.session"  # tag: figures with the same session were measured side by side
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -233,11 +243,11 @@ class Tracker:
         except MlflowException:
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def _study_run_id(self, study_name: str) -> str | None:
-        """The study's parent run: the earliest, should workers starting together have created several."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{ROLE}` = 'study' and tags.`{STUDY}` = '{study_name}'",
-            order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1)
+    def _earliest(self, identity: dict[str, str]) -> str | None:
+        """The earliest run carrying every tag of `identity`, should workers racing each other have created several."""
+        condition = " and ".join(f"tags.`{key}` = '{value}'" for key, value in identity.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=condition,
+                                       order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
     @cached_property
@@ -245,17 +255,39 @@ class Tracker:
         """What MLflow tags a run it starts itself with (source, user, git commit), looked up once."""
         return run_context.resolve_tags()
 
-    def _create_study_run(self, study_name: str, tags: dict[str, str]) -> str:
-        tags = {**self._context_tags, ROLE: "study", STUDY: study_name, **tags}
-        mine = self.client.create_run(self.experiment_id, run_name=study_name, tags=tags).info.run_id
-        winner = self._study_run_id(study_name)
+    def _claim(self, name: str, identity: dict[str, str], tags: dict[str, str]) -> str | None:
+        """Create the run `identity` names; a worker that lost the race deletes its copy and gets None."""
+        tags = {**self._context_tags, **identity, **tags}
+        mine = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        winner = self._earliest(identity)
         if winner != mine:
             self.client.delete_run(mine)
-        return winner
+            return None
+        return mine
+
+    def study_run_id(self, study_name: str) -> str | None:
+        """The study's parent run, None until its first trial or repeat."""
+        return self._earliest({ROLE: "study", STUDY: study_name})
+
+    def _create_study_run(self, study_name: str, tags: dict[str, str]) -> str:
+        return self._claim(study_name, {ROLE: "study", STUDY: study_name}, tags) or self.study_run_id(study_name)
+
+    def claim_repeat_run(self, parent_run_id: str, name: str, identity: dict[str, str], tags: dict[str, str],
+                         params: dict[str, object], dataset: DatasetInput) -> str | None:
+        """The nested run of a new confirmation run, unless another driver already has the one `identity` names."""
+        run_id = self._claim(name, {ROLE: "repeat", **identity}, self._nested_tags("repeat", parent_run_id, name, tags))
+        if run_id is not None:
+            self._describe(run_id, params, dataset)
+        return run_id
+
+    def repeat_runs(self, study_name: str) -> list[Run]:
+        """Every confirmation run of a study, whichever configuration it confirmed."""
+        condition = f"tags.`{ROLE}` = 'repeat' and tags.`{STUDY}` = '{study_name}'"
+        return self.client.search_runs([self.experiment_id], condition, max_results=1000)
 
     def end_study_run(self, study_name: str) -> None:
         """End a parent run left RUNNING by a worker killed after its study's last trial."""
-        run_id = self._study_run_id(study_name)
+        run_id = self.study_run_id(study_name)
         if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
             self.client.set_terminated(run_id, "FINISHED")
 
@@ -269,7 +301,7 @@ class Tracker:
     def record_study(self, study_name: str, metrics: Mapping[str, float], params: Mapping[str, Any],
                      tags: Mapping[str, str], config: dict[str, Any], dataset: DatasetInput) -> None:
         """A study's summary onto its parent run (none if the study has not run a trial in this store)."""
-        run_id = self._study_run_id(study_name)
+        run_id = self.study_run_id(study_name)
         if run_id is None:
             return
         best_run = tags.get("best.run_id")
@@ -286,7 +318,7 @@ class Tracker:
 
         Only the client is used, never MLflow's active run: a driver keeps every strategy's parent open at once.
         """
-        run_id = self._study_run_id(study_name) or self._create_study_run(study_name, tags)
+        run_id = self.study_run_id(study_name) or self._create_study_run(study_name, tags)
         self.client.update_run(run_id, status="RUNNING")
         try:
             yield run_id
@@ -295,13 +327,21 @@ class Tracker:
             raise
         self.client.set_terminated(run_id, "FINISHED")
 
+    @staticmethod
+    def _nested_tags(role: str, parent_run_id: str, name: str, tags: dict[str, str]) -> dict[str, str]:
+        return {ROLE: role, MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name, **tags}
+
+    def _describe(self, run_id: str, params: dict[str, object], dataset: DatasetInput) -> None:
+        """A nested run's configuration and the dataset it trains on."""
+        self.client.log_batch(run_id, params=as_params(params))
+        self.client.log_inputs(run_id, [dataset])
+
     def create_trial_run(self, parent_run_id: str, name: str, tags: dict[str, str], params: dict[str, object],
                          dataset: DatasetInput) -> str:
         """The nested run of a new trial, created by the driver so that every attempt, wherever it runs, continues it."""
-        tags = {**self._context_tags, ROLE: "trial", MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name, **tags}
+        tags = {**self._context_tags, **self._nested_tags("trial", parent_run_id, name, tags)}
         run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        self.client.log_batch(run_id, params=as_params(params))
-        self.client.log_inputs(run_id, [dataset])
+        self._describe(run_id, params, dataset)
         return run_id
 
     def fail_trial_run(self, run_id: str) -> None:

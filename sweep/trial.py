@@ -89,6 +89,7 @@ class TrialResult:
     history: list[EpochMetrics]
     val_accuracy: float
     test_accuracy: float
+    test_examples: int  # the test set's size: one example is worth 1 / test_examples of accuracy
     train_time_s: float
     wall_time_s: float
     step_time_ms: float
@@ -332,6 +333,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
         history=history,
         val_accuracy=history[-1].val_accuracy,
         test_accuracy=test_accuracy,
+        test_examples=len(task.test),
         train_time_s=timing.train_time_s,
         wall_time_s=run.wall_time_s(),
         step_time_ms=timing.step_time_ms,

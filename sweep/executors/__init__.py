@@ -3,13 +3,29 @@ driver: it owns the Optuna studies (ask, prune, tell) and hands each trial out a
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sweep.registry import Registry
 
 if TYPE_CHECKING:
-    from sweep.job import TrialInputs
-    from sweep.study import StrategyStudy
+    from sweep.job import TrialInputs, TrialJob, TrialOutcome
+    from sweep.study import StudyPlan
+    from sweep.train import EpochMetrics
+
+
+class JobSource(Protocol):
+    """What an executor runs the jobs of: a strategy's study (its trials), or its confirmation runs."""
+
+    plan: "StudyPlan"
+
+    def session(self, position: int | None = None) -> AbstractContextManager[None]: ...
+
+    def next_job(self) -> "TrialJob | None": ...
+
+    def report_epoch(self, key: str, metrics: "EpochMetrics") -> bool: ...
+
+    def finish(self, key: str, outcome: "TrialOutcome") -> None: ...
 
 
 class Executor(ABC):
@@ -17,7 +33,7 @@ class Executor(ABC):
         """Raise `ConfigError` if trials could not run at all; called before the sweep writes anything."""
 
     @abstractmethod
-    def run(self, studies: Sequence["StrategyStudy"], inputs: "TrialInputs") -> None:
+    def run(self, studies: Sequence[JobSource], inputs: "TrialInputs") -> None:
         """Run every trial the studies hand out (`next_job`, inside `session()`) until none is left."""
 
 

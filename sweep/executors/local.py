@@ -2,18 +2,14 @@
 
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
 
-from sweep.executors import Executor
+from sweep.executors import Executor, JobSource
 from sweep.job import Placement, TrialInputs, run_job
 from sweep.workers import HOST, WORKER
 
-if TYPE_CHECKING:
-    from sweep.study import StrategyStudy
-
 
 class LocalExecutor(Executor):
-    def run(self, studies: Sequence["StrategyStudy"], inputs: TrialInputs) -> None:
+    def run(self, studies: Sequence[JobSource], inputs: TrialInputs) -> None:
         for study in studies:
             with study.session():
                 while (job := study.next_job()) is not None:

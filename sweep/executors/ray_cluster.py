@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweep.errors import ConfigError, one_line
-from sweep.executors import Executor
+from sweep.executors import Executor, JobSource
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from ray.remote_function import RemoteFunction
 
     from sweep.job import TrialInputs, TrialJob, TrialOutcome
-    from sweep.study import StrategyStudy
     from sweep.train import EpochMetrics
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # sweep/: shipped to the workers, so they run the driver's code
@@ -107,7 +106,7 @@ class RayExecutor(Executor):
             raise ConfigError(f"no Ray cluster answers at executor.address={self.address} ({host}:{port}: "
                               f"{one_line(err)}); {START_ONE}") from None
 
-    def run(self, studies: Sequence["StrategyStudy"], inputs: "TrialInputs") -> None:
+    def run(self, studies: Sequence[JobSource], inputs: "TrialInputs") -> None:
         import ray
 
         with self._connected():
@@ -166,9 +165,9 @@ class TrialPool:
         self.mailbox = mailbox
         self.slots = slots
         self.in_flight: dict["ObjectRef", "TrialJob"] = {}
-        self.owners: dict[str, "StrategyStudy"] = {}  # job key -> its study
+        self.owners: dict[str, JobSource] = {}  # job key -> its study
 
-    def run(self, studies: Sequence["StrategyStudy"]) -> None:
+    def run(self, studies: Sequence[JobSource]) -> None:
         import ray
 
         asking = deque(studies)  # in turn, so trial i of every strategy runs at about the same time

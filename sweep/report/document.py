@@ -10,6 +10,7 @@ from sweep.report.palette import styles
 from sweep.report.plots import PLOTS, Plot
 from sweep.report.records import Records, TrialRecord
 from sweep.report.setup import facts
+from sweep.report.headline import Answer, answer
 from sweep.report.summary import BASELINE, Comparison, StrategySummary, comparisons
 from sweep.report.tables import Table, tables, trial_table
 
@@ -29,6 +30,7 @@ class Document:
     title: str
     generated: str
     sources: list[tuple[str, str]]
+    answers: list[Answer]  # the headline: one per experiment and lr split, before anything else
     warnings: list[str]
     facts: Table
     tables: list[Table]
@@ -119,6 +121,14 @@ def _findings(comparison: Comparison) -> list[str]:
     return findings
 
 
+def _answers(found: Sequence[Comparison]) -> list[Answer]:
+    """One answer per experiment and lr split, over every strategy (and grid point) compared there."""
+    groups: dict[tuple[str, str], list[StrategySummary]] = {}
+    for comparison in found:
+        groups.setdefault((comparison.experiment, comparison.lr_split), []).extend(comparison.summaries)
+    return [answer(f"{experiment}, lr split {lr_split}", summaries) for (experiment, lr_split), summaries in groups.items()]
+
+
 def build(records: Records, command: str) -> Document:
     found = comparisons(records)
     palette = styles(sorted({s.strategy for s in records.studies}))
@@ -128,7 +138,7 @@ def build(records: Records, command: str) -> Document:
                ("regenerate with", command)]
     return Document(f"freeze-sweep report: {', '.join(records.experiments)}",
                     datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), sources,
-                    _warnings(records, found), facts(records),
+                    _answers(found), _warnings(records, found), facts(records),
                     [*tables(found, palette), trial_table(found, palette, records.sources.tracking_uri)], sections,
                     found)
 

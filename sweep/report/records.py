@@ -21,7 +21,8 @@ from sweep.errors import ConfigError
 from sweep.search import is_database_url, journal_file, journal_path, storage_opener
 from sweep.strategies import MECHANISMS
 from sweep.trace import is_trace
-from sweep.tracking import BACKBONE_SHA256, ROLE, STUDY, STUDY_PARAMS, TRIAL_NUMBER, check_reachable, sqlite_path
+from sweep.tracking import (BACKBONE_SHA256, CHOSEN_TRIAL, REPEAT, ROLE, STATE, STUDY, STUDY_PARAMS, TRIAL_NUMBER,
+                            check_reachable, sqlite_path)
 
 STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 UNFINISHED = "running"  # RUNNING or WAITING in Optuna: still going, or its process died
@@ -125,6 +126,9 @@ class StudyRecord:
     name: str
     study: optuna.Study
     trials: list[TrialRecord]
+    repeats: list[TrialRecord] = field(default_factory=list)  # confirmation runs, of every configuration confirmed
+    parent_metrics: dict[str, float] = field(default_factory=dict)  # the parent run's: the side-by-side timing
+    parent_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def distributions(self) -> dict[str, BaseDistribution]:
@@ -200,7 +204,11 @@ def _load_experiment(client: MlflowClient, storage: BaseStorage, sources: Source
     trial_runs = _runs(client, experiment_id, "trial")
     by_id = {run.info.run_id: run for run in trial_runs}
     by_number = {(run.data.tags.get(STUDY), run.data.tags.get(TRIAL_NUMBER)): run for run in trial_runs}
-    study_tags = {run.data.tags[STUDY]: run.data.tags for run in _runs(client, experiment_id, "study")}
+    parents = {run.data.tags[STUDY]: run for run in _runs(client, experiment_id, "study")}
+    study_tags = {study_name: run.data.tags for study_name, run in parents.items()}
+    repeat_runs: dict[str, list[Run]] = {}
+    for run in _runs(client, experiment_id, "repeat"):
+        repeat_runs.setdefault(run.data.tags.get(STUDY), []).append(run)
     order = strategy_order([tags["strategy"] for tags in study_tags.values()])
     studies = []
     for study_name, tags in sorted(study_tags.items(), key=lambda item: (item[1]["lr_split"],
@@ -214,13 +222,17 @@ def _load_experiment(client: MlflowClient, storage: BaseStorage, sources: Source
         for trial in study.get_trials(deepcopy=False):
             run = by_id.get(trial.user_attrs.get("mlflow_run_id")) or by_number.get((study_name, str(trial.number)))
             trials.append(_trial_record(client, name, tags, trial, run))
-        studies.append(StudyRecord(name, tags["lr_split"], tags["strategy"], study_name, study, trials))
-    _check_finished(name, [t for s in studies for t in s.trials])
+        repeats = sorted((_repeat_record(name, tags, run) for run in repeat_runs.get(study_name, [])),
+                         key=lambda r: (r.tags.get(CHOSEN_TRIAL, ""), r.number))
+        parent = parents[study_name].data
+        studies.append(StudyRecord(name, tags["lr_split"], tags["strategy"], study_name, study, trials, repeats,
+                                   _finite(parent.metrics), dict(parent.tags)))
+    _check_finished(name, [t for s in studies for t in (*s.trials, *s.repeats)])
     return studies
 
 
 def _check_finished(experiment: str, trials: list[TrialRecord]) -> None:
-    """A report needs at least one finished trial; say what the experiment holds instead."""
+    """A report needs at least one finished trial or repeat; say what the experiment holds instead."""
     if any(t.state == "finished" for t in trials):
         return
     counts = {state: sum(t.state == state for t in trials) for state in COUNTED}
@@ -238,10 +250,23 @@ def _trial_record(client: MlflowClient, experiment: str, study_tags: dict[str, s
     record.experiment_id = run.info.experiment_id
     record.tags = dict(run.data.tags)
     record.params = dict(run.data.params)
-    record.metrics = {k: v for k, v in run.data.metrics.items() if not math.isnan(v)}
+    record.metrics = _finite(run.data.metrics)
     for key in CURVES:
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
         record.curves[key] = [m.value for m in history]
     for key in filter(is_trace, record.metrics):
         record.traces[key] = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
     return record
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}
+
+
+def _repeat_record(experiment: str, study_tags: dict[str, str], run: Run) -> TrialRecord:
+    """A confirmation run: numbered by its repeat index; its state from its tag (none yet: still running or
+    its process died). Its curves are not read: the report uses its final figures only."""
+    tags = dict(run.data.tags)
+    return TrialRecord(experiment, study_tags["lr_split"], study_tags["strategy"], int(tags.get(REPEAT, -1)),
+                       tags.get(STATE, UNFINISHED), run.info.run_id, run.info.experiment_id, tags,
+                       dict(run.data.params), metrics=_finite(run.data.metrics))

@@ -32,6 +32,8 @@ HTML = jinja2.Template("""<!DOCTYPE html>
   td.num { text-align: right; font-variant-numeric: tabular-nums; }
   td:first-child { white-space: nowrap; }
   .swatch { display: inline-block; width: .8em; height: .8em; margin-right: .4em; border-radius: 2px; }
+  .answer { background: #eaf4ea; border: 2px solid #2e7d32; padding: .6em 1em; margin: 1em 0; }
+  .answer p { margin: .2em 0; } .answer p:first-child { font-weight: 600; font-size: 1.1em; }
   .warning { background: #fde8e8; border: 2px solid #c0392b; padding: .8em 1em; margin: 1em 0; font-weight: 600; }
   .caption, figcaption, .meta { color: #555; font-size: .88em; }
   figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -40,10 +42,12 @@ HTML = jinja2.Template("""<!DOCTYPE html>
 </head>
 <body>
 <h1>{{ doc.title }}</h1>
-<p class="meta">Generated {{ doc.generated }}.</p>
-<ul class="meta">{% for label, value in doc.sources %}<li>{{ label }}: <code>{{ value }}</code></li>{% endfor %}</ul>
 {% for warning in doc.warnings %}<div class="warning">{{ warning }}</div>
 {% endfor %}
+{% for answer in doc.answers %}<div class="answer">{% for line in answer.lines() %}<p>{{ line }}</p>{% endfor %}</div>
+{% endfor %}
+<p class="meta">Generated {{ doc.generated }}.</p>
+<ul class="meta">{% for label, value in doc.sources %}<li>{{ label }}: <code>{{ value }}</code></li>{% endfor %}</ul>
 {{ table(doc.facts) }}
 <h2>Findings</h2>
 {% for section in doc.sections %}{% if doc.sections | length > 1 %}<h3>{{ section.title }}</h3>{% endif %}
@@ -122,9 +126,9 @@ def _table_markdown(t: Table) -> str:
 
 
 def markdown(doc: Document) -> str:
-    parts = [f"# {text(doc.title)}\n", f"Generated {doc.generated}.\n",
-             *(f"- {label}: {code(value)}" for label, value in doc.sources), ""]
-    parts += [f"> **Warning:** {text(warning)}\n" for warning in doc.warnings]
+    parts = [f"# {text(doc.title)}\n", *(f"> **Warning:** {text(warning)}\n" for warning in doc.warnings)]
+    parts += ["\n".join(f"> {text(line.strip())}  " for line in answer.lines()) + "\n" for answer in doc.answers]
+    parts += [f"Generated {doc.generated}.\n", *(f"- {label}: {code(value)}" for label, value in doc.sources), ""]
     parts += [_table_markdown(doc.facts), "## Findings\n"]
     for section in doc.sections:
         heading = [f"### {text(section.title)}\n"] if len(doc.sections) > 1 else []

@@ -16,7 +16,9 @@ from typing import Any
 
 from sweep.report.causes import (BUFFER_DRIFT_CAUSES, DIFFERENCE_CAUSES, WEIGHT_DRIFT_CAUSES, Explanation, explain,
                                  explain_drift)
-from sweep.report.equivalence import Verdict, verdicts
+from sweep.report.confidence import PairedDifference
+from sweep.report.confirmation import Confirmation
+from sweep.report.equivalence import Verdict, choose_reference, verdicts
 from sweep.report.records import COUNTED, Records, StudyRecord, TrialRecord
 from sweep.report.split_integrity import SplitIntegrity
 from sweep.study import BASELINE
@@ -60,10 +62,13 @@ class StrategySummary:
     values: dict[str, float | None]
     best: TrialRecord | None
     verdict: Verdict
+    confirmation: Confirmation  # the repeats of the chosen configuration
     difference: Explanation | None = None  # why it differs from the reference, where it does
     weight_drift: Explanation | None = None  # why frozen weights moved, where they did
     buffer_drift: Explanation | None = None  # why frozen norm statistics moved, where they did
     no_effect: list[str] = field(default_factory=list)  # searched parameters that set nothing (split_integrity)
+    vs_baseline: PairedDifference | None = None  # accuracy minus full_finetune's, paired by seed
+    vs_reference: PairedDifference | None = None  # accuracy minus the equivalence reference's, paired by seed
 
     @classmethod
     def of(cls, study: StudyRecord, verdict: Verdict, no_effect: Sequence[str] = ()) -> "StrategySummary":
@@ -83,6 +88,7 @@ class StrategySummary:
         values["best_test_accuracy"] = best.metrics["test_accuracy"] if best else None
         counts = {state: sum(t.state == state for t in trials) for state in COUNTED}
         return cls(study.experiment, study.lr_split, study.strategy, counts, values, best, verdict,
+                   Confirmation.of(study, best),
                    explain(verdict.pairs_that_differ, DIFFERENCE_CAUSES) if verdict.pairs_that_differ else None,
                    explain_drift(trials, "frozen_weight_drift", WEIGHT_DRIFT_CAUSES),
                    explain_drift(trials, "frozen_buffer_drift", BUFFER_DRIFT_CAUSES), list(no_effect))
@@ -142,10 +148,17 @@ class Comparison:
         split = SplitIntegrity.of(lr_split, studies, searched_paths(studies))
         summaries = [StrategySummary.of(s, found[s.strategy], split.no_effect) for s in studies]
         baseline = next((s for s in summaries if s.strategy == BASELINE), None)
+        reference = next((s for s in summaries if s.strategy == choose_reference([s.strategy for s in summaries])))
         for summary in summaries:
             for key in RELATIVE:
                 mine, theirs = summary.value(f"median_{key}"), baseline.value(f"median_{key}") if baseline else None
                 summary.values[f"{key}_vs_{BASELINE}"] = mine / theirs if mine is not None and theirs else None
+            summary.values["confirmed_flops_vs_baseline"] = summary.confirmation.flops_vs(
+                baseline.confirmation if baseline else None)
+            if baseline is not None and summary is not baseline:
+                summary.vs_baseline = summary.confirmation.versus(baseline.confirmation)
+            if summary is not reference:
+                summary.vs_reference = summary.confirmation.versus(reference.confirmation)
         return cls(experiment, lr_split, studies, summaries, split)
 
     @property

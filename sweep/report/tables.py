@@ -3,9 +3,12 @@
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sweep.report.confidence import Estimate, PairedDifference, describe_needed
+from sweep.report.headline import interval
 from sweep.report.palette import Style
 from sweep.report.records import TrialRecord
 from sweep.report.summary import BASELINE, Comparison, StrategySummary
+from sweep.tracking import NOTHING_SEARCHED
 
 Cell = Callable[[StrategySummary], str]
 NOT_RECORDED = "not recorded"
@@ -94,6 +97,85 @@ EQUIVALENCE = (
 )
 
 
+def _estimate(estimate: Estimate | None) -> str:
+    if estimate is None:
+        return NOT_RECORDED
+    return f"{estimate.mean:.4f}" + ("" if estimate.low is None else f" ({estimate.low:.4f}-{estimate.high:.4f})")
+
+
+def _test_set(s: StrategySummary) -> str:
+    size = s.confirmation.test_examples
+    return NOT_RECORDED if size is None else f"{size} (one = {1 / size:.4f})"
+
+
+def _confirmed(s: StrategySummary) -> str:
+    choice = s.confirmation.choice
+    return ("none recorded" if choice is None else "the fixed configuration" if choice == NOTHING_SEARCHED
+            else f"trial {choice} (best val accuracy)")
+
+
+def _repeat_counts(s: StrategySummary) -> str:
+    return f"{len(s.confirmation.runs)} / {s.confirmation.failed}"
+
+
+def _paired(read: Callable[[PairedDifference], str], attribute: str = "vs_baseline") -> Cell:
+    """A cell of a paired difference; '-' for the reference itself or where no seed was shared."""
+    return lambda s: "-" if getattr(s, attribute) is None else read(getattr(s, attribute))
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _ratio(s: StrategySummary) -> str:
+    timed = s.confirmation.side_by_side
+    if timed is None:
+        return NOT_RECORDED
+    if s.strategy == BASELINE:
+        return "1 (the baseline)"
+    return f"{timed.ratio.median:.2f}x ({timed.ratio.q1:.2f}-{timed.ratio.q3:.2f})"
+
+
+def _crosses(s: StrategySummary) -> str:
+    timed = s.confirmation.side_by_side
+    if timed is None or s.strategy == BASELINE:
+        return "-"
+    return "YES: not cheaper or dearer beyond noise" if timed.ratio.crosses(1.0) else "no"
+
+
+CONFIRMATION = (
+    STRATEGY,
+    Column("configuration repeated", _confirmed),
+    Column("repeats finished / failed", _repeat_counts),
+    Column("test accuracy: mean (95% CI)", lambda s: _estimate(s.confirmation.accuracy)),
+    Column("test set size (one example =)", _test_set),
+    Column(f"difference to {BASELINE}: mean (95% CI)", _paired(lambda d: interval(d.difference))),
+    Column("paired t-test p", _paired(lambda d: _p(d.p_value))),
+    Column("Wilcoxon signed-rank p", _paired(lambda d: _p(d.wilcoxon_p))),
+    Column("verdict", _paired(lambda d: d.verdict)),
+    Column("repeats to detect it (80% power)", _paired(lambda d: describe_needed(d.repeats_needed))),
+)
+REPEAT_EQUIVALENCE = (
+    STRATEGY,
+    Column("reference", lambda s: s.verdict.reference),
+    Column("difference in test accuracy: mean (95% CI)",
+           _paired(lambda d: interval(d.difference), "vs_reference")),
+    Column("paired t-test p", _paired(lambda d: _p(d.p_value), "vs_reference")),
+    Column("verdict", _paired(lambda d: d.verdict, "vs_reference")),
+)
+SIDE_BY_SIDE = (
+    STRATEGY,
+    Column("step time (ms): median (IQR)", lambda s: NOT_RECORDED if s.confirmation.side_by_side is None else
+           "{0.median:.2f} ({0.q1:.2f}-{0.q3:.2f})".format(s.confirmation.side_by_side.step_ms)),
+    Column(f"step time vs {BASELINE}: median (IQR of rounds)", _ratio),
+    Column("ratio's spread crosses 1.0", _crosses),
+    Column(f"FLOPs vs {BASELINE} (exact, from the repeats)", lambda s: fmt(s.value("confirmed_flops_vs_baseline"),
+                                                                          ".2f", "x")),
+    Column("timing session", lambda s: (s.confirmation.side_by_side.session or "-") if s.confirmation.side_by_side
+           else "-"),
+)
+
+
 def _mib(s: StrategySummary, *keys: str) -> str:
     """The first of `keys` the records hold, in MiB; memory figures older sweeps did not record say so."""
     value = next((v for v in map(s.value, keys) if v is not None), None)
@@ -119,6 +201,25 @@ class TableSpec:
 
 
 TABLES = (
+    TableSpec("confirmation", "Confirmation runs: accuracy with confidence",
+              "Each strategy's chosen configuration (its best trial by validation accuracy, or the fixed "
+              "configuration when nothing was searched) re-run with the same seeds in every strategy (search.repeats). "
+              "Mean and 95% confidence interval (Student's t) over finished repeats; differences are paired by "
+              f"seed against {BASELINE}. Verdict from the paired t-test at 95%; the exact Wilcoxon signed-rank "
+              "p-value is the distribution-free view (with n pairs it cannot go below 2/2^n, so 0.25 with 3). "
+              "'Repeats to detect it': paired repeats for 80% power at the observed difference and spread.",
+              lambda _: CONFIRMATION),
+    TableSpec("repeat-equivalence", "Equivalence on the confirmation runs",
+              "Test accuracy minus the reference mechanism's, paired by seed: identical mechanisms give a difference "
+              "of exactly 0 with a zero-width interval.", lambda _: REPEAT_EQUIVALENCE),
+    TableSpec("side-by-side", "Cost measured side by side",
+              "Where each figure comes from: step times here were measured after the search, every study's chosen "
+              "configuration timed round-robin on the same batches in one process (timing.rounds rounds of "
+              f"timing.steps steps), so machine load hits all alike; the ratio to {BASELINE} is taken within each "
+              "round, then its median and interquartile range over rounds. A ratio whose interquartile range "
+              "crosses 1.0 is flagged: that strategy is not measurably cheaper or dearer. The Cost table's step "
+              "times are per trial, as the trials ran one after another; FLOPs are exact counts.",
+              lambda _: SIDE_BY_SIDE),
     TableSpec("summary", "Summary", "Trial counts are Optuna's states. Best = highest validation accuracy among "
               "finished trials; medians and ranges are over finished trials.", lambda _: OUTCOME),
     TableSpec("cost", "Cost", "Compute spent sums every trial, pruned and failed ones included; training FLOPs are "

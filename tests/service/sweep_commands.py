@@ -11,7 +11,7 @@ from pathlib import Path
 from sweep.strategies import MECHANISMS
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_BUDGET = ["search.n_trials=2", "train.epochs=2", "experiment=tiny"]
+TINY_BUDGET = ["search.n_trials=2", "train.epochs=2", "search.repeats=2", "experiment=tiny"]
 LEFT_OUT_BY_DEFAULT = ("cached_prefix",)
 """Not in the default comparison: the digits CNN has BatchNorm in its prefix and the default norm_policy is train."""
 DEFAULT_STRATEGIES = [name for name in MECHANISMS.names() if name not in LEFT_OUT_BY_DEFAULT]

@@ -39,6 +39,13 @@ RUN_CASES = {
     "multi_objective maybe": (["search.multi_objective=maybe"], "search.multi_objective=maybe is not valid"),
     "no trials": (["search.n_trials=0"], "search.n_trials=0 is not valid: it must be greater than or equal to 1"),
     "negative sampler seed": (["search.sampler_seed=-1"], "search.sampler_seed=-1 is not valid"),
+    "no repeats": (["search.repeats=0"], "search.repeats=0 is not valid: it must be greater than or equal to 1"),
+    "negative repeats": (["search.repeats=-2"], "search.repeats=-2 is not valid: it must be greater than or equal to 1"),
+    "text repeats": (["search.repeats=abc"], "search.repeats=abc is not valid: it must be a valid integer"),
+    "negative repeat seed offset": (["search.repeat_seed_offset=-1"], "search.repeat_seed_offset=-1 is not valid"),
+    "negative timing rounds": (["timing.rounds=-1"], "timing.rounds=-1 is not valid: it must be greater than or equal "
+                                                     "to 0"),
+    "no timed steps": (["timing.steps=0"], "timing.steps=0 is not valid"),
     "searched range upside down": (["search.space.optimizer.lr.low=1"], "search.space.optimizer.lr: needs low < high"),
     "searched type unknown": (["search.space.optimizer.lr.type=cat"], "it must be 'float' or 'int'"),
     "searched int with fractions": (["+search.space.train.batch_size={type:int,low:0.5,high:64}"],

@@ -124,6 +124,22 @@ def test_equivalence_verdict_identical_for_freezing_mechanisms_and_differs_for_f
     assert findings in (report / "report.html").read_text()
 
 
+def test_the_report_opens_with_the_answer_and_gives_repeats_with_confidence(report):
+    page = (report / "report.md").read_text()
+    assert page.index("> Answer for tiny, lr split head_backbone: ") < page.index("## Setup")
+    confirmation = page[page.index("## Confirmation runs"):page.index("## Equivalence on the confirmation runs")]
+    for strategy in DEFAULT_STRATEGIES:
+        (row,) = [line for line in confirmation.splitlines() if f"| {strategy} " in line] or [confirmation]
+        assert "| 2 / 0 " in row and "180 (one = 0.0056)" in row, row
+    equivalence = page[page.index("## Equivalence on the confirmation runs"):page.index("## Cost measured side by side")]
+    for strategy in FREEZING[1:]:
+        (row,) = [line for line in equivalence.splitlines() if f"| {strategy} " in line] or [equivalence]
+        assert "+0.0000 (95% CI +0.0000 to +0.0000)" in row and "no detectable difference at this budget" in row
+    side_by_side = page[page.index("## Cost measured side by side"):page.index("## Summary")]
+    assert all(f"| {strategy} " in side_by_side for strategy in DEFAULT_STRATEGIES)
+    assert "not recorded" not in side_by_side
+
+
 def test_the_report_is_logged_to_the_experiment_in_mlflow(report, tiny_sweep):
     client = MlflowClient(tiny_sweep.tracking_uri)
     experiment = client.get_experiment_by_name("tiny")

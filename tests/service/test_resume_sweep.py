@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from sweep.faults import VARIABLE
 from sweep_commands import sweep_command
 
-ARGS = ["+strategy=requires_grad", "search.n_trials=1", "experiment=resume",
+ARGS = ["+strategy=requires_grad", "search.n_trials=1", "search.repeats=1", "experiment=resume",
         "phases=[{epochs:2,freeze:{depth:3}},{epochs:6,freeze:{depth:2}}]"]  # default checkpoint_every_s: 30
 STUDY = "resume.requires_grad.head_backbone"
 KILLED_AFTER = 4

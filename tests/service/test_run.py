@@ -45,7 +45,8 @@ def test_every_strategy_gets_a_full_study_and_tracked_runs(tiny_sweep):
                                      f"tags.`sweep.role` = 'study' and tags.`optuna.study_name` = '{name}'")
         assert len(parents) == 1
         children = client.search_runs([experiment.experiment_id],
-                                      f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+                                      f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' "
+                                      "and tags.`sweep.role` = 'trial'")
         assert len(children) == 2
         for run in children:
             assert TRIAL_TAGS <= run.data.tags.keys()
@@ -88,7 +89,7 @@ def test_a_study_refuses_trials_of_a_different_fixed_configuration(tiny_sweep):
     assert {name: len(s.trials) for name, s in load_studies(tiny_sweep.journal).items()} == before
 
 
-def test_summary_table_and_next_steps_are_printed(tiny_sweep):
+def test_the_answer_a_table_and_next_steps_are_printed_within_100_columns(tiny_sweep):
     out = tiny_sweep.first.stdout
     lines = out.splitlines()
     rule = next(line for line in lines if line.startswith("----"))  # under the table's header, as wide as the table
@@ -98,6 +99,10 @@ def test_summary_table_and_next_steps_are_printed(tiny_sweep):
         assert len(re.split(r"\s{2,}", row.strip())) == 8, row  # strategy, trials, 2 accuracies, step time, FLOPs,
         # and the two frozen verdicts: weights and norm statistics
         assert len(row) <= len(rule)
+    answer = out[out.index("Answer for 'tiny', lr split 'head_backbone': "):out.index("Browse the runs:")].splitlines()
+    for strategy in DEFAULT_STRATEGIES:
+        assert any(line.startswith(f"{strategy} ") for line in answer), strategy
+    assert max(len(line) for line in answer) <= 100
     assert "mlflow ui --backend-store-uri" in out
     assert "python -m sweep.report" in out
 
