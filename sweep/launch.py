@@ -10,8 +10,9 @@ import optuna
 
 from sweep.config import (Workspace, feature_cache, has_path, model_and_task, run_settings, split_name, trial_spec,
                           without_run_settings)
-from sweep.errors import NotApplicable
+from sweep.errors import ConfigError, NotApplicable
 from sweep.executors import make_executor
+from sweep.grid import Grid, GridPoint
 from sweep.job import TrialInputs
 from sweep.parent_run import record_studies
 from sweep.paths import default_uri, remove_empty_dirs
@@ -20,7 +21,7 @@ from sweep.search import SearchSettings, storage_opener
 from sweep.step_timing import TimingSettings
 from sweep.stores import outage_is_one_line
 from sweep.strategies import MECHANISMS
-from sweep.study import StrategyStudy, StudyPlan, print_next_steps, print_summary
+from sweep.study import BASELINE, StrategyStudy, StudyPlan, print_next_steps, print_summary
 from sweep.threads import share_cores, threads_for
 from sweep.timing import is_timed, time_studies
 from sweep.tracking import Tracker, check_reachable
@@ -46,15 +47,24 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     executor.check()
     cache = feature_cache(cfg, workspace)
     model_def, task = model_and_task(cfg, workspace)
+    grid = Grid.from_config(cfg["search"]["grid"])
+    if grid and cfg.get("phases"):
+        raise ConfigError("search.grid varies what is frozen, but phases=[...] set the selection of every phase: "
+                          "drop one of them")
     left_out = {}
-    for strategy in strategies:
+    units = []
+    for strategy, point in grid.units(strategies, cfg, lambda s: MECHANISMS.get(s).freezes, BASELINE):
         try:
-            set_up(trial_spec(cfg, strategy, cfg["seed"]), task, model_def)
+            set_up(trial_spec(point.apply(cfg), strategy, cfg["seed"]), task, model_def)
         except NotApplicable as err:  # asked for by name: the user's mistake; among all: left out, saying why
             if chosen:
-                raise
-            left_out[strategy] = str(err)
-    strategies = [s for s in strategies if s not in left_out]
+                raise at_point(point, err) from None
+            left_out[f"{strategy} {point.short}".strip()] = str(at_point(point, err))
+        except ConfigError as err:
+            raise at_point(point, err) from None
+        else:
+            units.append((strategy, point))
+    strategies = [s for s in strategies if any(s == strategy for strategy, _ in units)]
 
     tracking_uri = cfg["tracking"]["uri"] or default_uri(workspace.results_dir)
     open_storage = storage_opener(settings.storage, workspace.results_dir, base_dir)
@@ -66,10 +76,15 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
                            task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"],
                                    cfg["tracking"]["log_model"]),
-                           workspace, runtime, workers, executor, timing, cache, left_out)
+                           workspace, runtime, workers, executor, timing, units, grid, cache, left_out)
     study_plan.check_studies()
     workers.register()
     return study_plan
+
+
+def at_point(point: GridPoint, err: ConfigError) -> ConfigError:
+    """An error of one grid point says which: `search.grid point freeze.names=[conv2]: ...`."""
+    return type(err)(f"search.grid point {point.label}: {err}") if point else err
 
 
 def print_end_of_run(study_plan: StudyPlan) -> None:
@@ -90,7 +105,7 @@ def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
     study_plan = plan(cfg, base_dir, fixed)
     for reason in study_plan.left_out.values():
         print(f"not compared: {reason}")
-    studies = [StrategyStudy(study_plan, strategy) for strategy in study_plan.strategies]
+    studies = [StrategyStudy(study_plan, strategy, point) for strategy, point in study_plan.units]
     inputs = TrialInputs(study_plan.model_def, study_plan.task, study_plan.feature_cache)
     repeats = [Repeats(study) for study in studies]
     with outage_is_one_line():
@@ -98,9 +113,11 @@ def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
         study_plan.executor.run(repeats, inputs)
         if any(r.ran for r in repeats) or not all(is_timed(study_plan, study) for study in studies):
             time_studies(study_plan, studies, study_plan.timing)
-        record_studies(study_plan, studies, cfg)
+        timings = time_studies(study_plan, studies, study_plan.timing)  # {} when nothing was measured
+        record_studies(study_plan, studies, cfg, timings)
     if study_plan.workers.live() == 1:  # no other worker of this host is about to hand out a trial in them
         for study in studies:  # each folder kept while anything is in it
             remove_empty_dirs(study.checkpoints_dir, study_plan.workspace.path("checkpoints"))
-    print_summary(study_plan, studies)
+    if study_plan.settings.space:  # a search ran: its table and notes
+        print_summary(study_plan, studies)
     print_end_of_run(study_plan)

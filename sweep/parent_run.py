@@ -4,19 +4,24 @@ Metrics: `trials.<state>` counts, best and median validation and test accuracy, 
 FLOPs per step relative to full_finetune, and the largest drift of frozen weights and of frozen norm
 statistics. Params: the study's identity and fixed configuration (the same for every sweep that adds
 trials to it, or the study refuses them). Tags: the drift verdicts in words, the best trial, its run and
-its searched values (`best.<param>`). Artifact: `config.yaml`, the sweep's composed configuration.
+its searched values (`best.<param>`), and the study's grid point (`sweep.grid*`, with search.grid). The
+side-by-side timing, when this sweep measured one (`sweep.timing`): `timing.*` metrics and tags. Artifact:
+`config.yaml`, the sweep's composed configuration.
 """
 
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.search import STATE_NAMES
 from sweep.study import BASELINE, StrategyStudy, StrategySummary, StudyPlan, baseline_flops_per_step
+
+if TYPE_CHECKING:
+    from sweep.timing import StudyTiming
 
 COUNTED_STATES = ("finished", "pruned", "failed", "running")
 
@@ -44,7 +49,8 @@ def drift_verdict(strategy: str, drift: float | None) -> str:
     return "stayed frozen" if drift == 0 else f"moved (largest change {drift:.3g})"
 
 
-def study_record(study: StrategyStudy, summary: StrategySummary, flops_of_baseline: float | None) -> StudyRecord:
+def study_record(study: StrategyStudy, summary: StrategySummary, flops_of_baseline: float | None,
+                 timing: "StudyTiming | None" = None) -> StudyRecord:
     trials = study.study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     counts = Counter(STATE_NAMES.get(t.state, "running") for t in trials)
@@ -62,20 +68,25 @@ def study_record(study: StrategyStudy, summary: StrategySummary, flops_of_baseli
         "max.frozen_buffer_drift": buffer_drift,
     }
     tags = {"verdict.frozen_weights": drift_verdict(study.strategy, weight_drift),
-            "verdict.frozen_statistics": drift_verdict(study.strategy, buffer_drift)}
+            "verdict.frozen_statistics": drift_verdict(study.strategy, buffer_drift), **study.grid_tags()}
+    if timing is not None:
+        metrics |= timing.metrics
+        tags |= timing.tags
     if complete:
         best = max(complete, key=lambda t: t.values[0])
         tags |= {"best.trial": str(best.number), "best.run_id": best.user_attrs.get("mlflow_run_id", "")}
         tags |= {f"best.{path}": str(value) for path, value in best.params.items()}
     return StudyRecord({k: v for k, v in metrics.items() if v is not None},
-                       study.identity | study.plan.fixed_config(), tags)
+                       study.identity | study.fixed_config, tags)
 
 
-def record_studies(plan: StudyPlan, studies: Sequence[StrategyStudy], composed_config: dict[str, Any]) -> None:
-    """Write each study's record onto its parent run (a study that never ran a trial has none)."""
-    summaries = [StrategySummary.of(s.strategy, s.study) for s in studies]
+def record_studies(plan: StudyPlan, studies: Sequence[StrategyStudy], composed_config: dict[str, Any],
+                   timings: Mapping[str, "StudyTiming"]) -> None:
+    """Write each study's record, with its side-by-side timing if this sweep measured one (`timings`, by study
+    name), onto its parent run (a study that never ran a trial or repeat has none)."""
+    summaries = [StrategySummary.of(s.label, s.study) for s in studies]
     flops = baseline_flops_per_step(plan, summaries)
     for study, summary in zip(studies, summaries):
-        record = study_record(study, summary, flops)
+        record = study_record(study, summary, flops, timings.get(study.name))
         plan.tracker.record_study(study.name, record.metrics, record.params, record.tags, composed_config,
                                   plan.dataset)

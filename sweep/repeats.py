@@ -93,7 +93,7 @@ class Repeats:
         if not self._to_resume and not self._missing:
             yield
             return
-        with self.plan.tracker.study_run(self.study.name, self.study.identity) as self._parent_run_id, \
+        with self.plan.tracker.study_run(self.study.name, self.study.parent_tags()) as self._parent_run_id, \
                 tqdm(total=len(self._to_resume) + len(self._missing), desc=f"{self.study.strategy} repeats",
                      unit="run", position=position, dynamic_ncols=True) as self._bar:
             yield

@@ -29,7 +29,7 @@ This module imports only pydantic: a mistake must answer in well under two secon
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter, \
     ValidationError, with_config
@@ -191,6 +191,26 @@ def dimensions(space: Mapping[str, Any] | None, prefix: str = "") -> dict[str, d
     return found
 
 
+def freeze_axes(grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """`search.grid` varies freeze keys only, every value of the type `Freeze` gives its key (sweep.grid)."""
+    fields = get_type_hints(Freeze, include_extras=True)
+    for key, values in grid.items():
+        field = key.removeprefix("freeze.")
+        if not key.startswith("freeze.") or field not in fields:
+            raise ValueError(f"{key!r} is not a freeze key a grid can vary; choose among: "
+                             f"{', '.join(f'freeze.{name}' for name in fields)}")
+        for value in values:
+            try:
+                TypeAdapter(fields[field], config=ConfigDict(strict=True)).validate_python(value)
+            except ValidationError as err:
+                raise ValueError(f"point {explain(err, {'freeze': {field: value}}, ('freeze', field))}") from None
+    return grid
+
+
+Grid = Annotated[dict[str, Annotated[list[Any], Field(min_length=1)]], AfterValidator(freeze_axes)]
+"""`search.grid='{freeze.depth:[0,1,2,3,4]}'`: freeze keys, each with a list of the values it takes."""
+
+
 @section
 class Search(TypedDict):
     n_trials: PositiveInt
@@ -202,6 +222,7 @@ class Search(TypedDict):
     space: dict[str, SpaceNode] | None
     repeats: PositiveInt
     repeat_seed_offset: NonNegativeInt
+    grid: Grid | None
 
 
 @section

@@ -127,8 +127,9 @@ def database_storage(url: str) -> BaseStorage:
                           "database server is running, or leave search.storage unset for a local journal file") from None
 
 
-def study_name(experiment: str, strategy: str, lr_split: str) -> str:
-    return f"{experiment}.{strategy}.{lr_split}"
+def study_name(experiment: str, strategy: str, lr_split: str, point: str = "") -> str:
+    """`point`: a grid point's label (search.grid), one study per point."""
+    return f"{experiment}.{strategy}.{lr_split}" + (f"@{point}" if point else "")
 
 
 def check_study(storage: BaseStorage, name: str, fixed_config: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """One strategy's Optuna study: its trials, their MLflow runs, progress, and the end-of-sweep summary."""
 
+import json
 import math
 import shlex
 import statistics
@@ -31,10 +32,12 @@ from sweep.paths import Workspace, default_uri
 from sweep.schedules import SCALAR_LR_SCHEDULES
 from sweep.search import (WORKER_ATTR, SearchSettings, TrialBudget, check_study, done_trials,
                           open_study, study_name)
+from sweep.grid import Grid, GridPoint
 from sweep.step_timing import TimingSettings
 from sweep.strategies import MECHANISMS
 from sweep.trace import SPLIT_TOLERANCE
-from sweep.tracking import BACKBONE, STUDY, STUDY_PARAMS, TRIAL_NUMBER, DatasetInput, Tracker, dataset_input
+from sweep.tracking import (BACKBONE, GRID, GRID_POINT, GRID_STANDS_FOR, STUDY, STUDY_PARAMS, TRIAL_NUMBER,
+                            DatasetInput, Tracker, dataset_input)
 from sweep.train import EpochMetrics
 from sweep.trial import RunSettings
 from sweep.workers import WORKER, WorkerRegistry, worker_is_dead
@@ -60,6 +63,8 @@ class StudyPlan:
     workers: WorkerRegistry
     executor: Executor
     timing: TimingSettings
+    units: list[tuple[str, GridPoint]]  # (strategy, grid point) pairs that get a study; no grid: every point empty
+    grid: Grid
     feature_cache: FeatureCache  # cached_prefix's features, shared by the trials of every study
     left_out: dict[str, str] = field(default_factory=dict)  # strategy -> why it cannot run this configuration exactly
 
@@ -71,14 +76,15 @@ class StudyPlan:
     def dataset(self) -> DatasetInput:
         return dataset_input(self.task)
 
-    def fixed_config(self) -> dict[str, Any]:
-        """The flattened configuration every trial of a study shares: everything not searched."""
+    def fixed_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The flattened configuration every trial of a study of `config` shares: everything not searched."""
         searched = {d.path for d in self.settings.space}
-        return {k: v for k, v in flatten(self.trial_config).items() if k not in searched}
+        return {k: v for k, v in flatten(config).items() if k not in searched}
 
     def check_studies(self) -> None:
-        for strategy in self.strategies:
-            check_study(self.storage, study_name(self.experiment, strategy, self.lr_split), self.fixed_config())
+        for strategy, point in self.units:
+            check_study(self.storage, study_name(self.experiment, strategy, self.lr_split, point.label),
+                        self.fixed_config(point.apply(self.trial_config)))
 
 
 @dataclass
@@ -93,12 +99,14 @@ class RunningTrial:
 class StrategyStudy:
     """The driver's side of one strategy's study: it asks, prunes and tells; an executor runs the trials."""
 
-    def __init__(self, plan: StudyPlan, strategy: str) -> None:
+    def __init__(self, plan: StudyPlan, strategy: str, point: GridPoint = GridPoint()) -> None:
         self.plan = plan
         self.strategy = strategy
-        self.name = study_name(plan.experiment, strategy, plan.lr_split)
-        self.config = plan.trial_config
-        self.study = open_study(plan.storage, self.name, plan.settings, plan.fixed_config())
+        self.point = point
+        self.name = study_name(plan.experiment, strategy, plan.lr_split, point.label)
+        self.config = point.apply(plan.trial_config)
+        self.fixed_config = plan.fixed_config(self.config)
+        self.study = open_study(plan.storage, self.name, plan.settings, self.fixed_config)
         self.identity = self._identity()
         self._bar: tqdm | None = None
         self._best = "-"  # best val accuracy for the progress bar; it can only change between trials
@@ -110,7 +118,7 @@ class StrategyStudy:
     def _identity(self) -> dict[str, str]:
         """What tells this study's trials from its paired trials in other studies: MLflow params and tags, so
         MLflow's compare and parallel-coordinates views can separate them. A study's selection is fixed."""
-        spec = trial_spec(self.plan.trial_config, self.strategy, self.plan.seed)
+        spec = trial_spec(self.config, self.strategy, self.plan.seed)
         frozen = spec.selection.describe() if MECHANISMS.get(self.strategy).freezes else "nothing"
         return dict(zip(STUDY_PARAMS, (self.strategy, self.plan.lr_split, frozen), strict=True))
 
@@ -138,7 +146,7 @@ class StrategyStudy:
             self.plan.tracker.end_study_run(self.name)  # one a worker killed after the last trial left RUNNING
             yield
             return
-        with self.plan.tracker.study_run(self.name, self.identity) as self._parent_run_id, \
+        with self.plan.tracker.study_run(self.name, self.parent_tags()) as self._parent_run_id, \
                 tqdm(total=to_ask + len(self._to_resume), desc=self.strategy, unit="trial", position=position,
                      dynamic_ncols=True) as self._bar:
             yield
@@ -197,6 +205,26 @@ class StrategyStudy:
     def _interrupted_trials(self) -> list[FrozenTrial]:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return [t for t in running if worker_is_dead(t.user_attrs.get(WORKER_ATTR))]
+
+    @property
+    def label(self) -> str:
+        """The strategy, and its grid point if it has one: what a row of a table is called."""
+        return f"{self.strategy} {self.point.short}" if self.point else self.strategy
+
+    def parent_tags(self) -> dict[str, str]:
+        """What the study's parent run says about the study from the start: its identity and grid point."""
+        return self.identity | self.grid_tags()
+
+    def grid_tags(self) -> dict[str, str]:
+        """Where this study sits in the sweep's grid (none without one), for its parent run: the report draws the
+        grid's curves from them. The baseline's study stands for every point that freezes nothing."""
+        grid = self.plan.grid
+        if not grid:
+            return {}
+        tags = {GRID: grid.as_tag(), GRID_POINT: json.dumps(self.point.as_dict())}
+        if not self.point:
+            tags[GRID_STANDS_FOR] = json.dumps([p.as_dict() for p in grid.freezing_nothing(self.config)])
+        return tags
 
     def run_tags(self) -> dict[str, str]:
         """What every run of this study, trial or repeat, is tagged with."""
@@ -299,10 +327,11 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 WIDTH = 100  # the terminal summary fits 100 columns
+LABEL_WIDTH = 22  # the longest strategy name; a strategy with its grid point wraps below it
 
 
 def print_summary(plan: StudyPlan, studies: Sequence[StrategyStudy]) -> None:
-    summaries = [StrategySummary.of(s.strategy, s.study) for s in studies]
+    summaries = [StrategySummary.of(s.label, s.study) for s in studies]
     baseline_flops = baseline_flops_per_step(plan, summaries)
     rows = [[s.strategy, f"{s.finished}/{s.pruned}/{s.failed}", _fmt(s.best_val_accuracy, ".4f"),
              _fmt(s.best_test_accuracy, ".4f"), _fmt(s.median_step_time_ms, ".2f"),
@@ -315,7 +344,8 @@ def print_summary(plan: StudyPlan, studies: Sequence[StrategyStudy]) -> None:
                f"strategy (finished/pruned/failed), median step time, FLOPs per step vs {BASELINE}",
                f"model: {plan.model_def.describe()}"]
     print("\n" + "\n".join(textwrap.fill(line, WIDTH) for line in heading))
-    print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
+                   maxcolwidths=[LABEL_WIDTH] + [None] * (len(headers) - 1)))  # a grid point's label wraps
     notes = _notes(plan, summaries)
     if notes:
         print("\n" + "\n".join(textwrap.fill(note, WIDTH, subsequent_indent="  ") for note in notes))

@@ -6,17 +6,16 @@ the search and the repeats, the sweep builds each study's chosen configuration
 once more and times its training step round-robin with all the others on the
 same batches in this one process (`sweep.step_timing`), `full_finetune`
 included even when the sweep did not run it, since every ratio is to it. Each
-study's parent run gets the median step time with its interquartile range and
+study's parent run gets (through `sweep.parent_run`) the median step time with its interquartile range and
 the within-round ratio to `full_finetune` with its spread, tagged with the
 session they were measured in.
 """
 
-import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from mlflow.entities import Metric, RunTag
 from torch.utils.data import DataLoader
 
 from sweep.config import trial_spec, with_values
@@ -39,15 +38,24 @@ def is_timed(plan: StudyPlan, study: StrategyStudy) -> bool:
     return run_id is not None and f"{STEP_MS}.median" in plan.tracker.client.get_run(run_id).data.metrics
 
 
-def time_studies(plan: StudyPlan, studies: Sequence[StrategyStudy], settings: TimingSettings) -> bool:
-    """Time every study whose configuration is chosen; True if anything was measured."""
+@dataclass(frozen=True)
+class StudyTiming:
+    """One study's side-by-side figures, for its parent run (`sweep.parent_run` writes them)."""
+
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def time_studies(plan: StudyPlan, studies: Sequence[StrategyStudy],
+                 settings: TimingSettings) -> dict[str, StudyTiming]:
+    """Time every study whose configuration is chosen: its figures by study name; empty if nothing was measured."""
     specs: dict[str, TrialSpec] = {}
     for study in studies:
         choice = chosen(study.study, searched=bool(plan.settings.space))
         if choice is not None and plan.tracker.study_run_id(study.name) is not None:
             specs[study.name] = trial_spec(with_values(study.config, choice.values), study.strategy, plan.seed)
     if settings.rounds == 0 or not specs:
-        return False
+        return {}
     baseline = next((s.name for s in studies if s.strategy == BASELINE and s.name in specs), None)
     if baseline is None:
         baseline = OWN_BASELINE
@@ -63,13 +71,6 @@ def time_studies(plan: StudyPlan, studies: Sequence[StrategyStudy], settings: Ti
         where = machine(device)
     tags = {SESSION: uuid.uuid4().hex[:12], "timing.rounds": str(settings.rounds), "timing.steps": str(len(batches)),
             "timing.torch_threads": str(where["torch_threads"]), "timing.device": str(where["device"])}
-    for study in studies:
-        if study.name not in specs:
-            continue
-        metrics = {**spread_metrics(STEP_MS, step_ms(rounds, study.name)),
-                   **spread_metrics(RATIO, round_ratios(rounds, study.name, baseline))}
-        now = int(time.time() * 1000)
-        plan.tracker.client.log_batch(plan.tracker.study_run_id(study.name),
-                                      metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                                      tags=[RunTag(k, v) for k, v in tags.items()])
-    return True
+    return {study.name: StudyTiming({**spread_metrics(STEP_MS, step_ms(rounds, study.name)),
+                                     **spread_metrics(RATIO, round_ratios(rounds, study.name, baseline))}, tags)
+            for study in studies if study.name in specs}

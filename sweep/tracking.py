@@ -62,6 +62,10 @@ STEP_MS = "timing.step_ms"  # milliseconds per training step
 RATIO = "timing.vs_full_finetune"  # within-round ratio of median steps to full_finetune's
 QUANTILES = ("median", "q1", "q3")
 SESSION = "timing.session"  # tag: figures with the same session were measured side by side
+# A grid sweep (search.grid) tags each study's parent run, as JSON:
+GRID = "sweep.grid"  # the whole grid, {key: [values]}
+GRID_POINT = "sweep.grid_point"  # this study's point, {key: value}; {} for the baseline's study
+GRID_STANDS_FOR = "sweep.grid_stands_for"  # the baseline's: the points that freeze nothing, [{key: value}]
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 from sweep.report.causes import Explanation
 from sweep.report.palette import styles
-from sweep.report.plots import PLOTS, Plot
+from sweep.report.plots import PLOTS, Plot, transfer_curve
 from sweep.report.records import Records, TrialRecord
 from sweep.report.setup import facts
 from sweep.report.headline import Answer, answer
-from sweep.report.summary import BASELINE, Comparison, StrategySummary, comparisons
-from sweep.report.tables import Table, tables, trial_table
+from sweep.report.confidence import WORSE
+from sweep.report.summary import BASELINE, Comparison, StrategySummary, comparisons, distinct
+from sweep.report.transfer import TransferCurve, curves
+from sweep.report.tables import Table, tables, transfer_tables, trial_table
 
 
 @dataclass
@@ -126,21 +128,40 @@ def _answers(found: Sequence[Comparison]) -> list[Answer]:
     groups: dict[tuple[str, str], list[StrategySummary]] = {}
     for comparison in found:
         groups.setdefault((comparison.experiment, comparison.lr_split), []).extend(comparison.summaries)
-    return [answer(f"{experiment}, lr split {lr_split}", summaries) for (experiment, lr_split), summaries in groups.items()]
+    return [answer(f"{experiment}, lr split {lr_split}", distinct(summaries))
+            for (experiment, lr_split), summaries in groups.items()]
+
+
+def _curve_findings(curve: TransferCurve) -> list[str]:
+    """Per strategy: where along the axis it is most accurate, and which points are detectably worse than that."""
+    findings = []
+    for strategy, line in curve.lines.items():
+        best = curve.best_of(strategy)
+        if best is None:
+            findings.append(f"{strategy}: no confirmation runs recorded along {curve.axis}.")
+            continue
+        worse = [p.point.short for p in line if (d := curve.versus_best(strategy, p)) is not None and d.verdict == WORSE]
+        findings.append(f"{strategy}: most accurate at {best.point.short} "
+                        f"({best.summary.confirmation.accuracy.mean:.4f}); detectably worse (paired t-test) at "
+                        f"{', '.join(worse) if worse else 'no other point'}.")
+    return findings
 
 
 def build(records: Records, command: str) -> Document:
     found = comparisons(records)
     palette = styles(sorted({s.strategy for s in records.studies}))
-    sections = [Section(c.title, safe_name(f"{c.experiment}.{c.lr_split}"), _findings(c),
-                        [plot(c, palette) for plot in PLOTS]) for c in found]
+    transfer = curves(found)
+    sections = [Section(f"Transfer curve: {curve.title}", safe_name(f"{curve.experiment}.{curve.lr_split}.grid"),
+                        _curve_findings(curve), [transfer_curve(curve, palette)]) for curve in transfer]
+    sections += [Section(c.title, safe_name(f"{c.experiment}.{c.lr_split}" + (f".{c.point.label}" if c.point else "")),
+                         _findings(c), [plot(c, palette) for plot in PLOTS]) for c in found]
     sources = [("tracking URI", records.sources.tracking_label), ("Optuna storage", records.sources.storage_label),
                ("regenerate with", command)]
     return Document(f"freeze-sweep report: {', '.join(records.experiments)}",
                     datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), sources,
                     _answers(found), _warnings(records, found), facts(records),
-                    [*tables(found, palette), trial_table(found, palette, records.sources.tracking_uri)], sections,
-                    found)
+                    [*tables(found, palette), *transfer_tables(transfer, palette),
+                     trial_table(found, palette, records.sources.tracking_uri)], sections, found)
 
 
 def trial_rows(records: Records) -> list[dict[str, object]]:

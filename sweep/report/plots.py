@@ -25,6 +25,7 @@ from sweep.blocknet import HEAD  # noqa: E402
 from sweep.report.palette import Style  # noqa: E402
 from sweep.report.records import TrialRecord  # noqa: E402
 from sweep.report.summary import BASELINE, Comparison  # noqa: E402
+from sweep.report.transfer import TransferCurve  # noqa: E402
 from sweep.trace import LR_PREFIX  # noqa: E402
 
 MIN_IMPORTANCE_TRIALS = 5  # finished trials a study needs before fANOVA importances mean anything
@@ -351,6 +352,55 @@ def parallel_coordinates(comparison: Comparison, styles: dict[str, Style]) -> Pl
     ax.set_title("")
     ax.figure.set_size_inches(2.2 * (len(combined.best_trial.params) + 1) + 2, 5)
     return _finish(plot, ax.figure, f"Parallel coordinates: {comparison.title}")
+
+
+def transfer_curve(curve: TransferCurve, styles: dict[str, Style]) -> Plot:
+    """Yosinski et al.'s transfer curve when the axis is depth: accuracy and cost per strategy along the grid."""
+    plot = Plot("transfer_curve", f"Accuracy and cost against {curve.axis}",
+                "One line per strategy. Left: mean test accuracy over the confirmation runs with its 95% confidence "
+                f"interval; the dashed line and band are {BASELINE}'s. Right: the side-by-side step time relative to "
+                f"{BASELINE}, median with the interquartile range of rounds. Hollow markers: a point that freezes "
+                f"nothing, where every strategy is {BASELINE}'s run.")
+    fig, (acc_ax, cost_ax) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for rank, (strategy, line) in enumerate(curve.lines.items()):
+        style = styles[strategy]
+        width = 1.2 + 1.0 * (len(curve.lines) - 1 - rank)  # lines that coincide stay visible, the first widest
+        confirmed = [p for p in line if p.summary.confirmation.runs]
+        xs = [curve.position(p.point) for p in confirmed]
+        estimates = [p.summary.confirmation.accuracy for p in confirmed]
+        low = [e.mean - (e.low if e.low is not None else e.mean) for e in estimates]
+        high = [(e.high if e.high is not None else e.mean) - e.mean for e in estimates]
+        acc_ax.errorbar(xs, [e.mean for e in estimates], yerr=[low, high], color=style.color, marker=style.marker,
+                        capsize=3, label=strategy, alpha=0.85, linewidth=width)
+        timed = [p for p in line if p.summary.confirmation.side_by_side is not None]
+        ratios = [p.summary.confirmation.side_by_side.ratio for p in timed]
+        cost_ax.errorbar([curve.position(p.point) for p in timed], [r.median for r in ratios],
+                         yerr=[[r.median - r.q1 for r in ratios], [r.q3 - r.median for r in ratios]],
+                         color=style.color, marker=style.marker, capsize=3, label=strategy, alpha=0.85,
+                         linewidth=width)
+        for ax, points, values in ((acc_ax, confirmed, [e.mean for e in estimates]),
+                                   (cost_ax, timed, [r.median for r in ratios])):
+            stand_ins = [(curve.position(p.point), v) for p, v in zip(points, values) if p.stand_in]
+            ax.scatter([x for x, _ in stand_ins], [v for _, v in stand_ins], s=90, facecolors="white",
+                       edgecolors=style.color, zorder=4)
+    baseline = curve.baseline.confirmation.accuracy if curve.baseline and curve.baseline.confirmation.runs else None
+    if baseline is not None:
+        acc_ax.axhline(baseline.mean, color="black", linestyle="--", linewidth=1, label=BASELINE)
+        if baseline.low is not None:
+            acc_ax.axhspan(baseline.low, baseline.high, color="black", alpha=0.08)
+    cost_ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    for ax in (acc_ax, cost_ax):
+        ax.set_xlabel(curve.axis + ("" if curve.numeric else " (grid points)"))
+        if not curve.numeric:
+            ax.set_xticks(range(len(curve.grid.points)), [p.short for p in curve.grid.points], rotation=30,
+                          ha="right", fontsize=8)
+        else:
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    acc_ax.set_ylabel("test accuracy over the repeats (fraction)")
+    cost_ax.set_ylabel(f"step time / {BASELINE}'s (side by side)")
+    acc_ax.legend(fontsize=8)
+    return _finish(plot, fig, f"Transfer curve: {curve.title}")
 
 
 PLOTS: tuple[Callable[[Comparison, dict[str, Style]], Plot], ...] = (

@@ -5,6 +5,7 @@ reaches the tracking server and the Optuna storage. Optuna's trial states are
 authoritative for counts; MLflow holds everything measured.
 """
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import ConfigError
+from sweep.grid import Grid, GridPoint
 from sweep.search import is_database_url, journal_file, journal_path, storage_opener
 from sweep.strategies import MECHANISMS
 from sweep.trace import is_trace
-from sweep.tracking import (BACKBONE_SHA256, CHOSEN_TRIAL, REPEAT, ROLE, STATE, STUDY, STUDY_PARAMS, TRIAL_NUMBER,
-                            check_reachable, sqlite_path)
+from sweep.tracking import (BACKBONE_SHA256, CHOSEN_TRIAL, GRID, GRID_POINT, GRID_STANDS_FOR, REPEAT, ROLE, STATE,
+                            STUDY, STUDY_PARAMS, TRIAL_NUMBER, check_reachable, sqlite_path)
 
 STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 UNFINISHED = "running"  # RUNNING or WAITING in Optuna: still going, or its process died
@@ -129,6 +131,21 @@ class StudyRecord:
     repeats: list[TrialRecord] = field(default_factory=list)  # confirmation runs, of every configuration confirmed
     parent_metrics: dict[str, float] = field(default_factory=dict)  # the parent run's: the side-by-side timing
     parent_tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def point(self) -> GridPoint:
+        """Its grid point (search.grid); the empty point outside a grid."""
+        return GridPoint(tuple(json.loads(self.parent_tags.get(GRID_POINT, "{}")).items()))
+
+    @property
+    def grid(self) -> Grid:
+        """The grid of the sweep that last ran it; empty outside a grid."""
+        return Grid(json.loads(self.parent_tags.get(GRID, "{}")))
+
+    @property
+    def stands_for(self) -> list[GridPoint]:
+        """The baseline's: the grid points that freeze nothing, where every strategy is this study's run."""
+        return [GridPoint(tuple(p.items())) for p in json.loads(self.parent_tags.get(GRID_STANDS_FOR, "[]"))]
 
     @property
     def distributions(self) -> dict[str, BaseDistribution]:

@@ -10,7 +10,7 @@ The rules (the report states them too):
 """
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from sweep.report.causes import (BUFFER_DRIFT_CAUSES, DIFFERENCE_CAUSES, WEIGHT_
                                  explain_drift)
 from sweep.report.confidence import PairedDifference
 from sweep.report.confirmation import Confirmation
+from sweep.grid import GridPoint
 from sweep.report.equivalence import Verdict, choose_reference, verdicts
 from sweep.report.records import COUNTED, Records, StudyRecord, TrialRecord
 from sweep.report.split_integrity import SplitIntegrity
@@ -111,10 +112,36 @@ class StrategySummary:
         """Why it differs from the reference; empty where it does not."""
         return self.difference.text() if self.difference else ""
 
+    @property
+    def point(self) -> GridPoint:
+        return self.confirmation.study.point
+
+    @property
+    def label(self) -> str:
+        """The strategy, and its grid point if it has one: what its row is called."""
+        return f"{self.strategy} {self.point.short}" if self.point else self.strategy
+
+    def confirmation_row(self) -> dict[str, Any]:
+        """summary.csv's figures of the confirmation runs and the side-by-side timing."""
+        estimate, timed = self.confirmation.accuracy, self.confirmation.side_by_side
+        row: dict[str, Any] = {"repeats_finished": len(self.confirmation.runs),
+                               "repeats_failed": self.confirmation.failed,
+                               "test_examples": self.confirmation.test_examples}
+        row |= {f"repeat_test_accuracy_{k}": getattr(estimate, k) if estimate else None for k in ("mean", "low", "high")}
+        for name, difference in ((BASELINE, self.vs_baseline), ("reference", self.vs_reference)):
+            found = difference.difference if difference else None
+            row |= {f"vs_{name}_{k}": getattr(found, k) if found else None for k in ("mean", "low", "high")}
+            row |= {f"vs_{name}_p": difference.p_value if difference else None,
+                    f"vs_{name}_verdict": difference.verdict if difference else None}
+        row |= {f"side_by_side_vs_{BASELINE}_{k}": getattr(timed.ratio, k) if timed else None
+                for k in ("median", "q1", "q3")}
+        return row
+
     def as_row(self, searched: Sequence[str]) -> dict[str, Any]:
         """The summary.csv row: counts, values, verdicts and the best trial's searched hyperparameters."""
         best_params = self.best.searched if self.best else {}
         return {"experiment": self.experiment, "lr_split": self.lr_split, "strategy": self.strategy,
+                "grid_point": self.point.label,
                 "trials": sum(self.counts.values()), **self.counts,
                 "best_trial": self.best.number if self.best else None, **self.values,
                 "frozen_weights": self.weight_verdict, "frozen_buffers": self.buffer_verdict,
@@ -124,7 +151,15 @@ class StrategySummary:
                 "equivalence_paired_trials": self.verdict.paired,
                 "equivalence_max_test_accuracy_diff": self.verdict.max_test_diff,
                 "equivalence_detail": self.verdict.detail(), "equivalence_cause": self.cause or None,
-                **{f"best.{path}": best_params.get(path) for path in searched}}
+                **self.confirmation_row(), **{f"best.{path}": best_params.get(path) for path in searched}}
+
+
+def distinct(summaries: Iterable[StrategySummary]) -> list[StrategySummary]:
+    """One per study: full_finetune's study is in the comparison of every grid point, listed once."""
+    seen: dict[str, StrategySummary] = {}
+    for summary in summaries:
+        seen.setdefault(summary.confirmation.study.name, summary)
+    return list(seen.values())
 
 
 def searched_paths(studies: Sequence[StudyRecord]) -> list[str]:
@@ -134,16 +169,19 @@ def searched_paths(studies: Sequence[StudyRecord]) -> list[str]:
 
 @dataclass
 class Comparison:
-    """The strategies of one experiment under one lr split: what pairing and relative costs are defined over."""
+    """The strategies of one experiment under one lr split (and at one grid point): what pairing and relative
+    costs are defined over."""
 
     experiment: str
     lr_split: str
     studies: list[StudyRecord]
     summaries: list[StrategySummary]
     split: SplitIntegrity
+    point: GridPoint = GridPoint()
 
     @classmethod
-    def of(cls, experiment: str, lr_split: str, studies: list[StudyRecord]) -> "Comparison":
+    def of(cls, experiment: str, lr_split: str, studies: list[StudyRecord],
+           point: GridPoint = GridPoint()) -> "Comparison":
         found = verdicts(studies)
         split = SplitIntegrity.of(lr_split, studies, searched_paths(studies))
         summaries = [StrategySummary.of(s, found[s.strategy], split.no_effect) for s in studies]
@@ -159,11 +197,11 @@ class Comparison:
                 summary.vs_baseline = summary.confirmation.versus(baseline.confirmation)
             if summary is not reference:
                 summary.vs_reference = summary.confirmation.versus(reference.confirmation)
-        return cls(experiment, lr_split, studies, summaries, split)
+        return cls(experiment, lr_split, studies, summaries, split, point)
 
     @property
     def title(self) -> str:
-        return f"{self.experiment}, lr split {self.lr_split}"
+        return f"{self.experiment}, lr split {self.lr_split}" + (f", {self.point.label}" if self.point else "")
 
     @property
     def searched(self) -> list[str]:
@@ -175,8 +213,29 @@ class Comparison:
 
 
 def comparisons(records: Records) -> list[Comparison]:
-    groups: dict[tuple[str, str], list[StudyRecord]] = {}
+    """One per experiment, lr split and grid point (search.grid), in the grid's order."""
+    groups: dict[tuple[str, str, GridPoint], list[StudyRecord]] = {}
     for study in records.studies:
-        groups.setdefault((study.experiment, study.lr_split), []).append(study)
-    return [Comparison.of(experiment, lr_split, studies) for (experiment, lr_split), studies in
-            sorted(groups.items(), key=lambda item: (records.experiments.index(item[0][0]), item[0][1]))]
+        groups.setdefault((study.experiment, study.lr_split, study.point), []).append(study)
+    _share_baselines(groups)
+
+    def order(item: tuple[tuple[str, str, GridPoint], list[StudyRecord]]) -> tuple:
+        (experiment, lr_split, point), studies = item
+        points = studies[0].grid.points
+        return records.experiments.index(experiment), lr_split, points.index(point) if point in points else -1
+    return [Comparison.of(experiment, lr_split, studies, point)
+            for (experiment, lr_split, point), studies in sorted(groups.items(), key=order)]
+
+
+def _share_baselines(groups: dict[tuple[str, str, GridPoint], list[StudyRecord]]) -> None:
+    """full_finetune's study, which no freeze key changes, joins the comparison of every grid point of its
+    experiment and lr split, where it is the baseline too; its own comparison goes if nothing else is in it."""
+    for (experiment, lr_split, point), studies in list(groups.items()):
+        plain = groups.get((experiment, lr_split, GridPoint()), [])
+        baseline = next((s for s in plain if s.strategy == BASELINE), None)
+        if point and baseline is not None and not any(s.strategy == BASELINE for s in studies):
+            studies.append(baseline)
+    for (experiment, lr_split, point), studies in list(groups.items()):
+        gridded = any(key[:2] == (experiment, lr_split) and key[2] for key in groups)
+        if not point and gridded and all(s.strategy == BASELINE for s in studies):
+            del groups[experiment, lr_split, point]

@@ -7,7 +7,8 @@ from sweep.report.confidence import Estimate, PairedDifference, describe_needed
 from sweep.report.headline import interval
 from sweep.report.palette import Style
 from sweep.report.records import TrialRecord
-from sweep.report.summary import BASELINE, Comparison, StrategySummary
+from sweep.report.summary import BASELINE, Comparison, StrategySummary, distinct
+from sweep.report.transfer import CurvePoint, TransferCurve
 from sweep.tracking import NOTHING_SEARCHED
 
 Cell = Callable[[StrategySummary], str]
@@ -48,7 +49,7 @@ class Column:
     cell: Cell
 
 
-STRATEGY = Column("strategy", lambda s: s.strategy)
+STRATEGY = Column("strategy", lambda s: s.label)
 GROUP = (Column("experiment", lambda s: s.experiment), Column("lr split", lambda s: s.lr_split))
 
 OUTCOME = (
@@ -283,9 +284,9 @@ def trial_table(comparisons: Sequence[Comparison], styles: dict[str, Style], tra
 
 def tables(comparisons: Sequence[Comparison], styles: dict[str, Style]) -> list[Table]:
     """Every comparison's rows in one table each, so several experiments or lr splits read side by side."""
-    group = list(GROUP) if len(comparisons) > 1 else []
+    group = list(GROUP) if len({(c.experiment, c.lr_split) for c in comparisons}) > 1 else []
     searched = sorted({path for c in comparisons for path in c.searched})
-    summaries = [s for c in comparisons for s in c.summaries]
+    summaries = distinct(s for c in comparisons for s in c.summaries)
     found = []
     for spec in TABLES:
         columns = [*group, *spec.columns(searched)]
@@ -293,3 +294,31 @@ def tables(comparisons: Sequence[Comparison], styles: dict[str, Style]) -> list[
                            [[c.cell(s) for c in columns] for s in summaries],
                            [styles[s.strategy].color for s in summaries]))
     return found
+
+
+def _curve_row(curve: TransferCurve, strategy: str, point: CurvePoint) -> list[str]:
+    confirmation = point.summary.confirmation
+    difference = curve.versus_best(strategy, point)
+    timed = confirmation.side_by_side
+    flops = point.summary.value("confirmed_flops_vs_baseline")
+    return [strategy, point.point.short + (f" (= {BASELINE})" if point.stand_in else ""), str(len(confirmation.runs)),
+            _estimate(confirmation.accuracy),
+            "the line's most accurate" if difference is None and confirmation.runs else
+            "-" if difference is None else interval(difference.difference),
+            "-" if difference is None else difference.verdict,
+            NOT_RECORDED if timed is None else f"{timed.ratio.median:.2f}x ({timed.ratio.q1:.2f}-{timed.ratio.q3:.2f})",
+            fmt(flops, ".2f", "x")]
+
+
+def transfer_tables(curves: Sequence[TransferCurve], styles: dict[str, Style]) -> list[Table]:
+    """A table per grid sweep: every strategy's points along the axis, each against the line's most accurate."""
+    headers = ["strategy", "grid point", "repeats", "test accuracy: mean (95% CI)",
+               "difference to the strategy's most accurate point (95% CI)", "verdict (paired t-test)",
+               f"step time vs {BASELINE}: median (IQR)", f"FLOPs vs {BASELINE}"]
+    return [Table(f"transfer-{index}", f"Along {curve.axis}: {curve.title}",
+                  "Each strategy's confirmation runs at every grid point; a point is compared, paired by seed, with "
+                  "the most accurate point of the same strategy. A point that freezes nothing is "
+                  f"{BASELINE}'s run for every strategy. Step times: the side-by-side timing; FLOPs: exact.",
+                  headers, [_curve_row(curve, strategy, p) for strategy, line in curve.lines.items() for p in line],
+                  [styles[strategy].color for strategy, line in curve.lines.items() for _ in line])
+            for index, curve in enumerate(curves)]

@@ -13,7 +13,7 @@ from sweep.errors import ConfigError
 from sweep.report.confidence import BETTER, WORSE
 from sweep.report.headline import WIDTH, answer
 from sweep.report.records import Sources, load
-from sweep.report.summary import BASELINE, Comparison, StrategySummary, comparisons, drift_verdict
+from sweep.report.summary import BASELINE, Comparison, StrategySummary, comparisons, distinct, drift_verdict
 
 SHORT_VERDICTS = {BETTER: "better", WORSE: "worse"}
 NOT_DETECTED = "no diff."
@@ -49,7 +49,7 @@ def _row(summary: StrategySummary) -> list[str]:
     step = "-" if side_by_side is None else "1 (baseline)" if summary.strategy == BASELINE else (
         f"{side_by_side.ratio.median:.2f} [{side_by_side.ratio.q1:.2f},{side_by_side.ratio.q3:.2f}]"
         + "!" * side_by_side.ratio.crosses(1.0))
-    return [summary.strategy, str(len(confirmation.runs)),
+    return [summary.label, str(len(confirmation.runs)),
             _plus_minus(estimate.mean if estimate else None, estimate.margin if estimate else None, ".3f"),
             _plus_minus(difference.difference.mean if difference else None,
                         difference.difference.margin if difference else None, "+.3f"),
@@ -58,7 +58,7 @@ def _row(summary: StrategySummary) -> list[str]:
 
 
 def table(found: Sequence[Comparison]) -> str:
-    rows = [_row(s) for c in found for s in c.summaries]
+    rows = [_row(s) for s in distinct(s for c in found for s in c.summaries)]
     return tabulate(rows, headers=HEADERS, tablefmt="simple", maxcolwidths=[FIRST_COLUMN] + [None] * (len(HEADERS) - 1))
 
 
@@ -70,6 +70,6 @@ def end_of_run(sources: Sources, experiment: str, lr_split: str) -> str:
         return f"No answer yet: {err}"
     found = [c for c in comparisons(records) if c.lr_split == lr_split]
     title = f"{experiment!r}, lr split {lr_split!r}"
-    lines = answer(title, [s for c in found for s in c.summaries]).lines()
+    lines = answer(title, distinct(s for c in found for s in c.summaries)).lines()
     wrapped = [part for line in lines for part in textwrap.wrap(line, WIDTH, subsequent_indent="         ")]
     return "\n".join([*wrapped, "", table(found), *textwrap.wrap(LEGEND, WIDTH)])

@@ -46,6 +46,15 @@ RUN_CASES = {
     "negative timing rounds": (["timing.rounds=-1"], "timing.rounds=-1 is not valid: it must be greater than or equal "
                                                      "to 0"),
     "no timed steps": (["timing.steps=0"], "timing.steps=0 is not valid"),
+    "grid key not a freeze key": (["search.grid={train.epochs:[1,2]}"],
+                                  "search.grid: 'train.epochs' is not a freeze key a grid can vary"),
+    "grid value of the wrong type": (["search.grid={freeze.depth:[1,two]}"],
+                                     "search.grid: point freeze.depth=two is not valid: it must be a valid integer"),
+    "grid values not a list": (["search.grid={freeze.depth:3}"], "search.grid.freeze.depth=3 is not valid"),
+    "grid point invalid for a mechanism": (["+strategy=no_grad_forward", "freeze.depth=null",
+                                            "search.grid={freeze.names:[[conv1],[conv2]]}"],
+                                           "search.grid point freeze.names=[conv2]: strategy 'no_grad_forward' needs "
+                                           "the frozen blocks to be a prefix"),
     "searched range upside down": (["search.space.optimizer.lr.low=1"], "search.space.optimizer.lr: needs low < high"),
     "searched type unknown": (["search.space.optimizer.lr.type=cat"], "it must be 'float' or 'int'"),
     "searched int with fractions": (["+search.space.train.batch_size={type:int,low:0.5,high:64}"],
