@@ -101,6 +101,9 @@ def _frozen(what: str, summaries: Sequence[StrategySummary],
 
 def _findings(comparison: Comparison) -> list[str]:
     """The verdicts in plain words: what agreed, what did not, what stayed frozen, what is cheapest."""
+    if not any(sum(s.counts.values()) for s in comparison.summaries):
+        return ["No search trials ran here (nothing to search: every searched key was fixed), so there are no "
+                "paired trials to compare; the confirmation runs carry every figure, in the tables above."]
     verdicts = {s.strategy: s.verdict for s in comparison.summaries}
     reference = next(iter(verdicts.values())).reference
     identical = [s for s, v in verdicts.items() if v.status in ("reference", "identical")]

@@ -93,7 +93,17 @@ def rows(trials: list[TrialRecord]) -> list[tuple[str, Summarize]]:
 
 def facts(records: Records) -> Table:
     """One column per experiment."""
-    by_experiment = [[t for t in records.trials if t.experiment == e and t.run_id] for e in records.experiments]
-    body = [[label, *map(summarize, by_experiment)] for label, summarize in rows(records.trials)]
-    return Table("facts", "Setup", "What the trials ran, read from their records; 'varies' lists every value seen, "
-                 "'searched' marks what Optuna chose per trial.", ["", *records.experiments], body, [])
+    by_experiment = [_runs(records, e) for e in records.experiments]
+    body = [[label, *map(summarize, by_experiment)] for label, summarize in rows([t for runs in by_experiment
+                                                                                 for t in runs])]
+    return Table("facts", "Setup", "What the trials ran (the confirmation runs, where nothing was searched), read "
+                 "from their records; 'varies' lists every value seen, 'searched' marks what Optuna chose per trial.",
+                 ["", *records.experiments], body, [])
+
+
+def _runs(records: Records, experiment: str) -> list[TrialRecord]:
+    """An experiment's trials with records; its confirmation runs when it searched nothing (they ran the same
+    configurations)."""
+    studies = [s for s in records.studies if s.experiment == experiment]
+    trials = [t for s in studies for t in s.trials if t.run_id]
+    return trials or [r for s in studies for r in s.repeats if r.run_id]
