@@ -1,6 +1,6 @@
 """Time a training step of every mechanism, through the engine and through a plain hand-written loop.
 
-Both sides train the embedded digits CNN (first 2 of its 4 blocks frozen) with SGD and
+Both sides train the embedded digits CNN (its first 2 of 4 blocks frozen, or --depth) with SGD and
 momentum on the same pre-collated batches. The engine side is `sweep.train.Trainer.step`,
 set up as a trial sets it up (selection, lr split, mechanism, optimizer, constant
 schedule); the plain side is the loop a user would write for each mechanism; the
@@ -12,11 +12,12 @@ says where and how it ran, the median step times, the engine/plain ratio per
 mechanism with its spread and a verdict against the budget of 1.05 (none when the
 spread crosses it), the traced/engine ratio against its budget of 1.02, the
 tracer's own calls timed alone as a share of the engine's step (a precise figure
-where the machine is too busy for the ratio to decide), and the speed-up of
-`requires_grad` over `full_finetune`. `cached_prefix` is not here: its
-step is a step of the suffix; scripts/bench_cached_prefix.py times it per epoch.
+where the machine is too busy for the ratio to decide), the speed-up of
+`requires_grad` over `full_finetune`, and each mechanism's engine step over
+`full_finetune`'s, round by round. `cached_prefix` is not here: its step is a
+step of the suffix; scripts/bench_cached_prefix.py times it per epoch.
 
-    python scripts/bench_step.py [--out results/bench/step.json] [--rounds 20]
+    python scripts/bench_step.py [--out results/bench/step.json] [--rounds 20] [--depth 2]
 """
 
 import argparse
@@ -45,7 +46,7 @@ from sweep.selection import Selection
 from sweep.step_timing import Spread, Step, engine_step, engine_trainer, machine, round_ratios, step_ms, time_rounds
 from sweep.trial import TrialSpec
 
-FROZEN_DEPTH = 2
+FROZEN_DEPTH = 2  # the default --depth
 OVERHEAD_BUDGET = 1.05
 TRACING_BUDGET = 1.02  # what tracing may add to a step
 SIDES = ("engine", "plain")
@@ -72,14 +73,9 @@ def overall_verdict(verdicts: dict[str, bool | None], budget: float = OVERHEAD_B
     return True, f"within the {budget} budget"
 
 
-def trial(strategy: str, spec: OptimizerSpec, seed: int) -> TrialSpec:
+def trial(strategy: str, spec: OptimizerSpec, seed: int, depth: int) -> TrialSpec:
     """Set up as a trial is: uniform lr split, constant schedule, the same seed (same head)."""
-    return TrialSpec(strategy, Selection(depth=FROZEN_DEPTH), lr_split="uniform", optimizer=spec, seed=seed,
-                     device="cpu")
-
-
-def engine(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int) -> Step:
-    return engine_step(trial(strategy, spec, seed), task, model_def)
+    return TrialSpec(strategy, Selection(depth=depth), lr_split="uniform", optimizer=spec, seed=seed, device="cpu")
 
 
 def _per_call_us(call: Callable[[], object], calls: int, repeats: int = 7) -> float:
@@ -93,12 +89,12 @@ def _per_call_us(call: Callable[[], object], calls: int, repeats: int = 7) -> fl
     return 1e6 * best / calls
 
 
-def tracing_cost_us(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int,
+def tracing_cost_us(model_def: ModelDef, task: Task, spec: TrialSpec,
                     batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
     """The tracer's own work, timed alone on a trained-once trainer: what it adds to every step (reading the lrs)
     and to every epoch (sampling gradient norms, the invariant check, the summary). Far less noisy on a busy
     machine than a whole step, whose time it is then set against."""
-    trainer = engine_trainer(trial(strategy, spec, seed), task, model_def, traced=True)
+    trainer = engine_trainer(spec, task, model_def, traced=True)
     trainer.step(*batches[0])  # gradients and optimizer state exist, as mid-training
     tracer = trainer.tracer
 
@@ -118,10 +114,9 @@ def tracing_cost_us(model_def: ModelDef, task: Task, strategy: str, spec: Optimi
             "per_step_amortized_us": step_us + epoch_us / len(batches)}
 
 
-def traced(model_def: ModelDef, task: Task, strategy: str, spec: OptimizerSpec, seed: int,
-           steps_per_epoch: int) -> Step:
+def traced(model_def: ModelDef, task: Task, spec: TrialSpec, steps_per_epoch: int) -> Step:
     """The engine's step with a trial's tracer, whose per-epoch summary runs every `steps_per_epoch` steps."""
-    trainer = engine_trainer(trial(strategy, spec, seed), task, model_def, traced=True)
+    trainer = engine_trainer(spec, task, model_def, traced=True)
     count = itertools.count(1)
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -205,9 +200,9 @@ PLAIN: dict[str, Callable[[nn.Sequential, nn.Sequential, OptimizerSpec], Step]] 
 }
 
 
-def plain_step(net: BlockNet, strategy: str, spec: OptimizerSpec) -> Step:
+def plain_step(net: BlockNet, strategy: str, spec: OptimizerSpec, depth: int) -> Step:
     blocks = list(net.blocks.values())
-    return PLAIN[strategy](nn.Sequential(*blocks[:FROZEN_DEPTH]), nn.Sequential(*blocks[FROZEN_DEPTH:], net.head), spec)
+    return PLAIN[strategy](nn.Sequential(*blocks[:depth]), nn.Sequential(*blocks[depth:], net.head), spec)
 
 
 def main() -> None:
@@ -218,6 +213,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache-dir", type=Path, default=Path("results/cache"), help="pretrained weights")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--depth", type=int, default=FROZEN_DEPTH, help="blocks frozen, from the input (1-3)")
     args = parser.parse_args()
 
     model_def = make_model_def("digits_cnn", cache_dir=args.cache_dir, base_dir=Path.cwd())
@@ -226,12 +222,13 @@ def main() -> None:
                               generator=torch.Generator().manual_seed(args.seed)))
     spec = OptimizerSpec(name="sgd", lr=0.05, momentum=0.9)
     steps = {}
+    trials = {strategy: trial(strategy, spec, args.seed, args.depth) for strategy in PLAIN}
     for strategy in PLAIN:
-        steps[strategy, "engine"] = engine(model_def, task, strategy, spec, args.seed)
+        steps[strategy, "engine"] = engine_step(trials[strategy], task, model_def)
         torch.manual_seed(args.seed)  # the same head as the engine's
         net = model_def.build(task.num_classes).train()
-        steps[strategy, "plain"] = plain_step(net, strategy, spec)
-        steps[strategy, TRACED] = traced(model_def, task, strategy, spec, args.seed, len(batches))
+        steps[strategy, "plain"] = plain_step(net, strategy, spec, args.depth)
+        steps[strategy, TRACED] = traced(model_def, task, trials[strategy], len(batches))
 
     # A mechanism's engine, plain and traced steps run back to back: they are compared with each other.
     groups = [[(strategy, side) for side in (*SIDES, TRACED)] for strategy in PLAIN]
@@ -246,7 +243,9 @@ def main() -> None:
     tracing = {s: round_ratios(rounds, (s, TRACED), (s, "engine")) for s in PLAIN}
     tracing_verdicts = {s: budget_verdict(ratio, TRACING_BUDGET) for s, ratio in tracing.items()}
     tracing_within, tracing_verdict = overall_verdict(tracing_verdicts, TRACING_BUDGET)
-    costs = {s: tracing_cost_us(model_def, task, s, spec, args.seed, batches) for s in PLAIN}
+    costs = {s: tracing_cost_us(model_def, task, trials[s], batches) for s in PLAIN}
+    # Every group runs in every round, so each mechanism's engine step compares with full_finetune's round by round.
+    vs_full = {s: round_ratios(rounds, (s, "engine"), ("full_finetune", "engine")) for s in PLAIN}
     shares = {s: costs[s]["per_step_amortized_us"] / (1000 * median_ms["engine"][s]) for s in PLAIN}
     report = {
         "benchmark": "one training step per mechanism: sweep's Trainer.step vs a plain hand-written PyTorch loop",
@@ -259,7 +258,7 @@ def main() -> None:
             "git": git_revision(),
         },
         "setup": {
-            "task": "digits", "model": "digits_cnn", "frozen_blocks": net.block_names[:FROZEN_DEPTH],
+            "task": "digits", "model": "digits_cnn", "frozen_blocks": net.block_names[:args.depth],
             "optimizer": {"name": spec.name, "lr": spec.lr, "momentum": spec.momentum}, "lr_split": "uniform",
             "batch_size": args.batch_size, "steps_per_round": len(batches), "rounds": args.rounds,
             "warmup_rounds": args.warmup_rounds, "seed": args.seed,
@@ -285,6 +284,9 @@ def main() -> None:
         "tracer_cost_is": "the tracer's own calls timed alone (fastest of 7 loops): per step, per epoch, and per step "
                           "with the epoch's share (steps_per_round steps per epoch); no grad clipping",
         "tracer_share_of_engine_step": shares,
+        "engine_step_vs_full_finetune": {s: asdict(ratio) for s, ratio in vs_full.items()},
+        "engine_step_vs_full_finetune_is": "per round, the mechanism's median engine step over full_finetune's; "
+                                           "median and interquartile range over the rounds",
         "speedup_requires_grad_over_full_finetune": {
             side: median_ms[side]["full_finetune"] / median_ms[side]["requires_grad"] for side in SIDES},
     }
@@ -297,6 +299,8 @@ def main() -> None:
               f"{tracing[strategy].median:.3f} (IQR {tracing[strategy].q1:.3f}-{tracing[strategy].q3:.3f})")
     print(f"requires_grad over full_finetune: {report['speedup_requires_grad_over_full_finetune']['engine']:.2f}x; "
           f"engine/plain {verdict}; tracing {tracing_verdict}")
+    print(f"engine step over full_finetune's with {args.depth} blocks frozen: " + ", ".join(
+        f"{s} {r.median:.2f} (IQR {r.q1:.2f}-{r.q3:.2f})" for s, r in vs_full.items() if s != "full_finetune"))
     print("tracer's own cost per step (epoch work amortized) over the engine's median step: "
           + ", ".join(f"{s} {share:.2%}" for s, share in shares.items()) + f"; wrote {args.out}")
 
