@@ -156,10 +156,10 @@ class StrategyStudy:
         """The next trial to run, or None when this session has handed out all it should."""
         if self._to_resume:
             frozen = self._to_resume.pop(0)
-            return self._start(optuna.Trial(self.study, frozen._trial_id), frozen.last_step)
+            return self._start(optuna.Trial(self.study, frozen._trial_id), frozen.last_step, resumed=True)
         # Workers sharing the study stop once it holds n_trials done, whoever ran them.
         if len(done_trials(self.study)) < self.plan.settings.n_trials and self._budget.take():
-            return self._start(self.study.ask(), None)
+            return self._start(self.study.ask(), None, resumed=False)
         return None
 
     def report_epoch(self, key: str, metrics: EpochMetrics) -> bool:
@@ -234,7 +234,7 @@ class StrategyStudy:
     def checkpoint_dir(self, number: int) -> Path:
         return self.plan.workspace.checkpoint_dir(self.name, number)
 
-    def _start(self, trial: optuna.Trial, last_step: int | None) -> TrialJob:
+    def _start(self, trial: optuna.Trial, last_step: int | None, resumed: bool) -> TrialJob:
         """Sample (or, for an interrupted trial, recall) its hyperparameters and give it an MLflow run."""
         values = {dim.path: dim.suggest(trial) for dim in self.plan.settings.space}
         config = with_values(self.config, values)
@@ -246,7 +246,9 @@ class StrategyStudy:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id is None:
             # A worker killed between creating the trial's run and linking it left the run: continue that one.
-            run_id = self.plan.tracker.find_trial_run(self.name, trial.number) or self._create_run(trial, config)
+            # (A trial just asked for is new to every store: no run can name it yet, so none is looked for.)
+            orphan = self.plan.tracker.find_trial_run(self.name, trial.number) if resumed else None
+            run_id = orphan or self._create_run(trial, config)
             crash_point("run-created")
             trial.set_user_attr("mlflow_run_id", run_id)
         checkpoint_dir = self.checkpoint_dir(trial.number)

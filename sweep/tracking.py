@@ -173,11 +173,17 @@ class TrialRun:
         self._pending: list[Future] = []
 
     @classmethod
-    def continued(cls, client: MlflowClient, run_id: str, writer: ThreadPoolExecutor) -> "TrialRun":
-        """A trial's run, with what earlier attempts at the trial logged (nothing, for the first)."""
-        run, epochs = client.get_run(run_id), client.get_metric_history(run_id, "val_accuracy")
-        return cls(run_id, run.info.run_name, client, writer, max((m.step for m in epochs), default=0),
-                   frozenset(run.data.metrics), len(client.get_metric_history(run_id, ATTEMPT_FIRST_EPOCH)))
+    def continued(cls, client: MlflowClient, run: Run, writer: ThreadPoolExecutor) -> "TrialRun":
+        """A trial's run as the attempt found it, with what earlier attempts logged (nothing, for the first: then
+        no query is made, since a run's history is read only for the metrics it holds)."""
+        metrics = run.data.metrics
+
+        def history(key: str) -> list[Metric]:
+            return client.get_metric_history(run.info.run_id, key) if key in metrics else []
+
+        return cls(run.info.run_id, run.info.run_name, client, writer,
+                   max((m.step for m in history("val_accuracy")), default=0), frozenset(metrics),
+                   len(history(ATTEMPT_FIRST_EPOCH)))
 
     def _log(self, metrics: list[Metric] = (), params: list[Param] = (), tags: list[RunTag] = ()) -> None:
         self._pending.append(self.writer.submit(self.client.log_batch, self.run_id, metrics, params, tags))
@@ -364,7 +370,7 @@ def continue_trial_run(uri: str, run_id: str, tags: dict[str, str], system_metri
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=system_metrics) as run, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") as writer:  # one: records in order
-        trial_run = TrialRun.continued(MlflowClient(uri), run.info.run_id, writer)
+        trial_run = TrialRun.continued(MlflowClient(uri), run, writer)  # the run as start_run read it
         try:
             yield trial_run
         finally:
