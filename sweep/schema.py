@@ -191,6 +191,10 @@ def dimensions(space: Mapping[str, Any] | None, prefix: str = "") -> dict[str, d
     return found
 
 
+UNNAMEABLE = re.compile(r"['\"/\x00-\x1f]")
+"""What a grid value cannot hold: it names studies (checkpoint folders) and is quoted in MLflow's filters."""
+
+
 def freeze_axes(grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """`search.grid` varies freeze keys only, every value of the type `Freeze` gives its key (sweep.grid)."""
     fields = get_type_hints(Freeze, include_extras=True)
@@ -204,6 +208,10 @@ def freeze_axes(grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
                 TypeAdapter(fields[field], config=ConfigDict(strict=True)).validate_python(value)
             except ValidationError as err:
                 raise ValueError(f"point {explain(err, {'freeze': {field: value}}, ('freeze', field))}") from None
+            if any(UNNAMEABLE.search(text) for text in (value if isinstance(value, list) else [value])
+                   if isinstance(text, str)):
+                raise ValueError(f"point {key}={value}: a grid value is part of study, folder and MLflow names, so it "
+                                 "cannot hold a quote or a '/'; use another regex or the block names")
     return grid
 
 

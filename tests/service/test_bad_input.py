@@ -51,6 +51,8 @@ RUN_CASES = {
     "grid value of the wrong type": (["search.grid={freeze.depth:[1,two]}"],
                                      "search.grid: point freeze.depth=two is not valid: it must be a valid integer"),
     "grid values not a list": (["search.grid={freeze.depth:3}"], "search.grid.freeze.depth=3 is not valid"),
+    "grid value that would name a folder": (["search.grid={freeze.regex:[a/b]}"],
+                                            "search.grid: point freeze.regex=a/b: a grid value is part of study"),
     "grid with phases": (["phases=[{epochs:1}]", "search.grid={freeze.depth:[1,2]}"],
                          "search.grid varies what is frozen, but phases=[...] set the selection of every phase"),
     "grid point invalid for a mechanism": (["+strategy=no_grad_forward", "freeze.depth=null",
