@@ -205,8 +205,11 @@ class TrialRun:
         self._log(as_metrics({k: v for k, v in final.items() if k not in self.logged_keys}),
                   tags=as_tags({BACKBONE_SHA256: result.backbone_sha256, PHASES: phases}))
 
+    def tag(self, tags: Mapping[str, str]) -> None:
+        self._log(tags=as_tags(tags))
+
     def set_state(self, state: str) -> None:
-        self._log(tags=as_tags(outcome_tags(self.name, state)))
+        self.tag(outcome_tags(self.name, state))
 
     def log_model(self, net: nn.Module, example: torch.Tensor) -> None:
         """The trained network as an MLflow model of this run, with the signature of one input example.
@@ -365,12 +368,13 @@ class Tracker:
 def continue_trial_run(uri: str, run_id: str, tags: dict[str, str], system_metrics: bool) -> Iterator[TrialRun]:
     """One attempt at a trial, in whatever process runs it; an exception escaping the block ends the run FAILED.
 
-    The block ends once every record of the attempt is stored."""
+    The block ends once every record of the attempt is stored; the attempt's tags are its first record."""
     quiet_mlflow()
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id, tags=tags, log_system_metrics=system_metrics) as run, \
+    with mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics) as run, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") as writer:  # one: records in order
         trial_run = TrialRun.continued(MlflowClient(uri), run, writer)  # the run as start_run read it
+        trial_run.tag(tags)
         try:
             yield trial_run
         finally:
