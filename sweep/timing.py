@@ -61,8 +61,9 @@ def time_studies(plan: StudyPlan, studies: Sequence[StrategyStudy],
         baseline = OWN_BASELINE
         specs[baseline] = trial_spec(plan.trial_config, BASELINE, plan.seed)
     device = resolve_device(next(iter(specs.values())).device)
+    # Batches as trials get them: a training split smaller than one batch is still one (smaller) batch.
     loader = DataLoader(plan.task.train, batch_size=next(iter(specs.values())).batch_size, shuffle=True,
-                        drop_last=True, generator=torch.Generator().manual_seed(plan.seed))
+                        generator=torch.Generator().manual_seed(plan.seed))
     batches = [(x.to(device), y.to(device)) for x, y in (b for _, b in zip(range(settings.steps), loader))]
     with intra_op_threads(threads_for(plan.run_settings.threads, plan.workers.live())):  # as trials ran here
         steps = {key: engine_step(spec, plan.task, plan.model_def) for key, spec in specs.items()}
