@@ -12,6 +12,8 @@ from sweep.strategies import MECHANISMS
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_BUDGET = ["search.n_trials=2", "train.epochs=2", "search.repeats=2", "experiment=tiny"]
+ONE_REPEAT = "search.repeats=1"
+"""Repeats are test_repeats.py's and test_grid_sweep.py's subject; the default three would triple most tests' sweeps."""
 LEFT_OUT_BY_DEFAULT = ("cached_prefix",)
 """Not in the default comparison: the digits CNN has BatchNorm in its prefix and the default norm_policy is train."""
 DEFAULT_STRATEGIES = [name for name in MECHANISMS.names() if name not in LEFT_OUT_BY_DEFAULT]
@@ -26,7 +28,10 @@ class Completed:
 
 def start_command(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `python -m <module> args...` as a user would, with one thread so parallel CI stays fair;
-    `env` adds to the environment."""
+    `env` adds to the environment. A sweep that does not set `search.repeats` gets one confirmation run per
+    study (`ONE_REPEAT`)."""
+    if module == "sweep.run" and not any(arg.startswith("search.repeats=") for arg in args):
+        args = (*args, ONE_REPEAT)
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

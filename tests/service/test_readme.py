@@ -118,11 +118,13 @@ def get(url: str, server: subprocess.Popen, host: str | None = None) -> tuple[in
 
 
 def sweep_budget(args: list[str]) -> list[str]:
-    """Tiny budgets, appended (Hydra keeps the last value): one trial of one epoch, unless the command's phases
-    set the epochs; one strategy, except in the plain comparison of all of them that the reports read; small
-    inputs for torchvision networks."""
+    """Tiny budgets, appended (Hydra keeps the last value): one trial of one epoch and one confirmation run, unless
+    the command sets them (its phases set the epochs); one strategy, except in the plain comparison of all of them
+    that the reports read; small inputs for torchvision networks."""
     text = " ".join(args)
     budget = ["search.n_trials=1"]
+    if "search.repeats=" not in text:
+        budget.append("search.repeats=1")
     if "phases=" not in text and "gradual_unfreezing" not in text:
         budget.append("train.epochs=1")
     if args and "+strategy" not in text:
