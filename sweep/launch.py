@@ -74,7 +74,7 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
     trial_config = {k: v for k, v in without_run_settings(cfg).items() if k not in NOT_TRIAL_CONFIG}
     experiment = str(cfg["experiment"])  # `experiment=nan` or `=2024` arrive as numbers from the command line
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
-                           task, Tracker(tracking_uri, experiment, cfg["tracking"]["system_metrics"],
+                           task, Tracker(tracking_uri, experiment, workspace.results_dir, cfg["tracking"]["system_metrics"],
                                    cfg["tracking"]["log_model"]),
                            workspace, runtime, workers, executor, timing, units, grid, cache, left_out)
     study_plan.check_studies()

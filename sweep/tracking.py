@@ -73,18 +73,25 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-def artifact_location(uri: str) -> str | None:
-    """Artifacts (the report) beside a SQLite database, not in MLflow's default ./mlruns under the current directory."""
+DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
+"""The SQLAlchemy dialects MLflow stores runs in; their artifacts go where MLflow's client puts them."""
+
+
+def artifact_location(uri: str, results_dir: Path) -> str | None:
+    """Where a new experiment keeps its artifacts (config.yaml, reports, models): beside a SQLite database, and
+    under results_dir for another database (MLflow's default there is ./mlruns under wherever the command ran);
+    None for a tracking server, which has its own artifact root."""
+    if uri.partition("://")[0].split("+")[0] not in DATABASES:
+        return None
     database = sqlite_path(uri)
-    if database is None:
-        return None  # a tracking server has its own artifact root
-    return (database.resolve().parent / "mlartifacts").as_uri()
+    folder = database.resolve().parent if database is not None else results_dir.resolve()
+    return (folder / "mlartifacts").as_uri()
 
 
-def artifacts_beside(uri: str, location: str) -> bool:
+def artifacts_beside(uri: str, location: str, results_dir: Path) -> bool:
     """Whether an experiment's recorded artifact location is where this store keeps artifacts. False for a
     SQLite database copied or moved from elsewhere: its experiments still name the old absolute path."""
-    expected = artifact_location(uri)
+    expected = artifact_location(uri, results_dir)
     return expected is None or location == expected or location.startswith(f"{expected}/")
 
 
@@ -231,19 +238,20 @@ class TrialRun:
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str, system_metrics: bool = False, log_model: str = "none") -> None:
+    def __init__(self, uri: str, experiment: str, results_dir: Path, system_metrics: bool = False,
+                 log_model: str = "none") -> None:
         if log_model not in LOG_MODEL_CHOICES:
             raise choice_error("tracking.log_model", log_model, LOG_MODEL_CHOICES)
         self.log_best_models = log_model == "best"
         quiet_mlflow()
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
-        self.experiment_id = self._experiment_id(experiment)
+        self.experiment_id = self._experiment_id(experiment, artifact_location(uri, results_dir))
         mlflow.set_experiment(experiment_id=self.experiment_id)
         self.system_metrics = system_metrics
         self.uri = uri
 
-    def _experiment_id(self, name: str) -> str:
+    def _experiment_id(self, name: str, artifacts: str | None) -> str:
         """Get or create; a worker that loses the race to create it uses the winner's."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
@@ -251,7 +259,7 @@ class Tracker:
                 self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, CLASSIC_TRAINING)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location(self.client.tracking_uri),
+            return self.client.create_experiment(name, artifact_location=artifacts,
                                                  tags={EXPERIMENT_KIND: CLASSIC_TRAINING})
         except MlflowException:
             return self.client.get_experiment_by_name(name).experiment_id

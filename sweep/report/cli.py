@@ -73,7 +73,8 @@ def make_report(settings: ReportSettings, command: str) -> list[str]:
     document = build(records, command)
     with staged(settings.out_dir) as staging:
         write(document, records, staging)
-        attached = log_to_mlflow(settings.tracking_uri, settings.experiments, staging, settings.out_dir.name)
+        attached = log_to_mlflow(settings.tracking_uri, settings.experiments, staging, settings.out_dir.name,
+                                 settings.results_dir)
     return attached
 
 
@@ -94,5 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     left_out = [e for e in settings.experiments if e not in attached]
     if left_out:
         print(f"warning: not logged to MLflow experiment{'s' if len(left_out) > 1 else ''} {', '.join(left_out)}: "
-              "MLflow would write its artifacts at the absolute path recorded where the database was made, not beside "
-              "it (the results directory was copied or moved); the report files are in place", file=sys.stderr)
+              "MLflow would write its artifacts at the absolute path recorded when the experiment was made, outside "
+              "this results directory (it was copied or moved, or is not the sweep's); the report files are in place",
+              file=sys.stderr)

@@ -10,7 +10,8 @@ from sweep.tracking import ROLE, artifacts_beside
 REPORT_RUN = "report"
 
 
-def log_to_mlflow(tracking_uri: str, experiments: list[str], directory: Path, report_name: str) -> list[str]:
+def log_to_mlflow(tracking_uri: str, experiments: list[str], directory: Path, report_name: str,
+                  results_dir: Path) -> list[str]:
     """Attach the report to each experiment, as artifacts of one run per experiment tagged `sweep.role=report`;
     return the experiments it was attached to.
 
@@ -23,7 +24,7 @@ def log_to_mlflow(tracking_uri: str, experiments: list[str], directory: Path, re
     attached = []
     for name in experiments:
         experiment = client.get_experiment_by_name(name)
-        if not artifacts_beside(tracking_uri, experiment.artifact_location):
+        if not artifacts_beside(tracking_uri, experiment.artifact_location, results_dir):
             continue
         found = client.search_runs([experiment.experiment_id], f"tags.`{ROLE}` = '{REPORT_RUN}'", max_results=1)
         run_id = found[0].info.run_id if found else client.create_run(

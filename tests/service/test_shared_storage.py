@@ -13,8 +13,10 @@ def test_workers_started_together_on_fresh_databases_fill_one_study_without_over
     args = ["+strategy=requires_grad", f"search.n_trials={n_trials}", "train.epochs=2", "experiment=shared",
             # Quoted: Hydra's override grammar would read the `=` of `?host=` as syntax.
             f"search.storage='{postgres['optuna']}'", f"tracking.uri='{postgres['mlflow']}'", f"results_dir={tmp_path}"]
+    elsewhere = tmp_path / "elsewhere"  # where the commands run: nothing of the sweep's belongs there
+    elsewhere.mkdir()
     # Started together, as on a cluster, on databases no one has created the schemas of: every worker tries.
-    workers = [start_command("sweep.run", *args) for _ in range(n_workers)]
+    workers = [start_command("sweep.run", *args, cwd=elsewhere) for _ in range(n_workers)]
     for done in map(finish, workers):
         assert done.returncode == 0, done.stderr
 
@@ -30,3 +32,7 @@ def test_workers_started_together_on_fresh_databases_fill_one_study_without_over
     assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
     parents = client.search_runs([experiment.experiment_id], "tags.`sweep.role` = 'study'")
     assert len(parents) == 1 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
+    # Artifacts (the parent run's config.yaml) under results_dir, not in MLflow's default ./mlruns where it ran.
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()
+    assert list(elsewhere.iterdir()) == []
+    assert list((tmp_path / "mlartifacts").rglob("config.yaml"))
