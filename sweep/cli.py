@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweep.errors import ConfigError, choice_error, unknown_key
@@ -89,12 +89,15 @@ def _without_location(err: BaseException) -> str:
     return " ".join(line for line in lines if not line.startswith(("full_key:", "object_type=")))
 
 
-def _compose(config_name: str, overrides: list[str], own_dir: Path | None = None, **options: bool) -> Any:
+def _composed(config_name: str, overrides: list[str], own_dir: Path | None, with_hydra: bool = False) -> DictConfig:
     """`own_dir`: the user's `--config-dir`, whose primary config may build on conf/ (`defaults: [config]`)."""
     config_dir, search = (CONF_DIR, []) if own_dir is None else (own_dir, [f"hydra.searchpath=[file://{CONF_DIR}]"])
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name=config_name):
-        cfg = compose(config_name, overrides=[*overrides, *search], **options)
-        return cfg if options else OmegaConf.to_container(cfg, resolve=True)
+        return compose(config_name, overrides=[*overrides, *search], return_hydra_config=with_hydra)
+
+
+def _compose(config_name: str, overrides: list[str], own_dir: Path | None = None) -> dict[str, Any]:
+    return OmegaConf.to_container(_composed(config_name, overrides, own_dir), resolve=True)
 
 
 def _unknown_key(config_name: str, overrides: list[str], own_dir: Path | None, key: str) -> ConfigError:
@@ -182,7 +185,7 @@ folder Hydra will create for a run is known (and can be taken back) before Hydra
 def hydra_output_dir(argv: list[str], config_name: str) -> Path:
     """The folder Hydra will create for this command's records: the run's, or a multirun's sweep folder."""
     command_line = CommandLine.parse(argv, config_name)
-    cfg = _compose(command_line.config_name, command_line.jobs()[0], command_line.own_dir, return_hydra_config=True)
+    cfg = _composed(command_line.config_name, command_line.jobs()[0], command_line.own_dir, with_hydra=True)
     return Path(cfg.hydra.sweep.dir if command_line.multirun else cfg.hydra.run.dir).absolute()
 
 
