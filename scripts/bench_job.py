@@ -48,7 +48,8 @@ TARGETS = {
     "optuna.study.study": [("Study.*", "Optuna")],
     "optuna.trial._trial": [("Trial.*", "Optuna")],
     "sweep.train": [("Trainer.step", "training steps"), ("Trainer.accuracy", "evaluation (validation, test)")],
-    "sweep.tracking": [("TrialRun.flush", "MLflow")],  # waiting for the records its writer thread stores
+    # waiting for the records its writer thread stores, and for the store's creation (by a child process, or here)
+    "sweep.tracking": [("TrialRun.flush", "MLflow"), ("TrialRun.earlier", "MLflow"), ("check_reachable", "MLflow")],
     "sweep.checkpoint": [("Checkpoint.save", "checkpoints"), ("Checkpoint.load", "checkpoints"),
                          ("Checkpoint.restore", "checkpoints"), ("Checkpoint.discard", "checkpoints")],
     "sweep.measure": [("flops_per_step", "FLOPs counting"), ("make_peak_memory", "memory measuring"),
@@ -93,6 +94,9 @@ class ExclusiveClock:
 
 def _wrap_attribute(clock: ExclusiveClock, owner, name: str, category: str, module_name: str) -> None:
     value = inspect.getattr_static(owner, name)
+    if isinstance(value, property) and not getattr(value.fget, "__bench_wrapped__", False):
+        setattr(owner, name, property(clock.timed(value.fget, category)))
+        return
     function = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
     if not callable(function) or getattr(function, "__bench_wrapped__", False) or inspect.isclass(function):
         return

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mlflow.entities import DatasetInput
 from torch import nn
 
 from sweep.data import Task
@@ -21,7 +22,7 @@ from sweep.faults import crash_point
 from sweep.feature_cache import FeatureCache
 from sweep.models import ModelDef
 from sweep.threads import threads_for
-from sweep.tracking import DEVICE, NODE, WORKER_PROCESS, TrialRun, continue_trial_run
+from sweep.tracking import DEVICE, NODE, WORKER_PROCESS, JobTracking, TrialRun, continue_trial_run
 from sweep.train import EpochMetrics
 from sweep.trial import RunSettings, TrialResult, TrialSpec, resolve_device, run_trial
 
@@ -35,6 +36,7 @@ class TrialInputs:
 
     model_def: ModelDef
     task: Task
+    dataset: DatasetInput  # the task as MLflow records it: every trial's run names it
     feature_cache: FeatureCache | None = None  # cached_prefix's features; each process holds its own in memory
 
 
@@ -44,8 +46,8 @@ class TrialJob:
     spec: TrialSpec
     settings: RunSettings  # as configured: threads None are counted where the trial runs
     run_id: str  # the trial's MLflow run, created by the driver
-    tracking_uri: str
-    system_metrics: bool
+    params: dict[str, object]  # the run's params: the first attempt to find them missing logs them
+    tracking: JobTracking
     checkpoint_dir: Path  # under results_dir; its parent exists before the job is handed out
     log_model_above: float | None = None  # log the trained model if its val accuracy beats this; None: never
 
@@ -83,11 +85,11 @@ def run_job(job: TrialJob, inputs: TrialInputs, on_epoch: ReportEpoch, placement
     # Counted before each trial: a worker started alone gives up cores once others have started.
     settings = replace(job.settings, threads=threads_for(job.settings.threads, placement.sharing))
     try:
-        with continue_trial_run(job.tracking_uri, job.run_id, tags, job.system_metrics) as run:
+        with continue_trial_run(job.tracking, job.run_id, tags, job.params, inputs.dataset,
+                                active=job.tracking.system_metrics or job.log_model_above is not None) as run:
             result = _train(job, settings, inputs, run, on_epoch)
             run.log_result(result)
             crash_point("trial-logged")
-            run.set_state("pruned" if result.stopped_early else "finished")
     except Exception as err:  # any error inside a trial fails that trial only; the sweep goes on
         return TrialOutcome(error=f"{type(err).__name__}: {err}")
     return TrialOutcome(result)
@@ -113,6 +115,6 @@ def _train(job: TrialJob, settings: RunSettings, inputs: TrialInputs, run: Trial
                          checkpoint_dir=job.checkpoint_dir, settings=settings, feature_cache=inputs.feature_cache,
                          records_stored=run.flush, on_trained=log_model_if_best)
     except Exception:
-        run.set_state("failed")
+        run.set_failed()
         raise
 

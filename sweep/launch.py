@@ -15,7 +15,7 @@ from sweep.executors import make_executor
 from sweep.grid import Grid, GridPoint
 from sweep.job import TrialInputs
 from sweep.parent_run import record_studies
-from sweep.paths import default_uri, remove_empty_dirs
+from sweep.paths import remove_empty_dirs
 from sweep.repeats import Repeats
 from sweep.search import SearchSettings, storage_opener
 from sweep.step_timing import TimingSettings
@@ -66,17 +66,18 @@ def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
             units.append((strategy, point))
     strategies = [s for s in strategies if any(s == strategy for strategy, _ in units)]
 
-    tracking_uri = cfg["tracking"]["uri"] or default_uri(workspace.results_dir)
+    tracking_uri = workspace.tracking_uri(cfg["tracking"]["uri"])
     open_storage = storage_opener(settings.storage, workspace.results_dir, base_dir)
     workspace.results_dir.mkdir(parents=True, exist_ok=True)
     check_reachable(tracking_uri)
     storage = open_storage()
     trial_config = {k: v for k, v in without_run_settings(cfg).items() if k not in NOT_TRIAL_CONFIG}
     experiment = str(cfg["experiment"])  # `experiment=nan` or `=2024` arrive as numbers from the command line
+    tracking = cfg["tracking"]
+    tracker = Tracker(tracking_uri, experiment, workspace.results_dir, tracking["system_metrics"],
+                      tracking["log_model"], tracking["write_every_s"])
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
-                           task, Tracker(tracking_uri, experiment, workspace.results_dir, cfg["tracking"]["system_metrics"],
-                                   cfg["tracking"]["log_model"]),
-                           workspace, runtime, workers, executor, timing, units, grid, cache, left_out)
+                           task, tracker, workspace, runtime, workers, executor, timing, units, grid, cache, left_out)
     study_plan.check_studies()
     workers.register()
     return study_plan
@@ -106,7 +107,7 @@ def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
     for reason in study_plan.left_out.values():
         print(f"not compared: {reason}")
     studies = [StrategyStudy(study_plan, strategy, point) for strategy, point in study_plan.units]
-    inputs = TrialInputs(study_plan.model_def, study_plan.task, study_plan.feature_cache)
+    inputs = TrialInputs(study_plan.model_def, study_plan.task, study_plan.dataset, study_plan.feature_cache)
     repeats = [Repeats(study) for study in studies]
     with outage_is_one_line():
         study_plan.executor.run(studies, inputs)

@@ -28,6 +28,11 @@ def default_uri(results_dir: Path) -> str:
     return f"sqlite:///{inside(results_dir, 'mlflow.db')}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def first_missing(path: Path) -> Path | None:
     """The outermost directory that creating `path` would create, or None when `path` exists."""
     missing = None
@@ -72,6 +77,10 @@ class Workspace:
 
     def check(self) -> None:
         check_writable_dir(self.results_dir, "results_dir")
+
+    def tracking_uri(self, configured: str | None) -> str:
+        """tracking.uri as given, or by default a SQLite database in results_dir."""
+        return configured or default_uri(self.results_dir)
 
     def path(self, *parts: str) -> Path:
         """A path under results_dir, proven to stay there."""

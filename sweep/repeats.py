@@ -137,15 +137,14 @@ class Repeats:
         identity = {STUDY: self.study.name, CHOSEN_TRIAL: self._choice.tag, REPEAT: str(repeat)}
         tags = {**self.study.run_tags(), SEED: str(self._seed(repeat)), DRIVER: WORKER}
         return self.plan.tracker.claim_repeat_run(self._parent_run_id, f"{self.study.strategy}-repeat-{repeat}",
-                                                  identity, tags, self.study.identity | flatten(self._config()),
-                                                  self.plan.dataset)
+                                                  identity, tags)
 
     def _job(self, repeat: int, run_id: str) -> TrialJob:
         spec = trial_spec(self._config(), self.study.strategy, self._seed(repeat))
         checkpoint_dir = self.checkpoint_dir(repeat)
         checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
         job = TrialJob(f"{self.study.name}#repeat-{repeat}", spec, self.plan.run_settings, run_id,
-                       self.plan.tracker.uri, self.plan.tracker.system_metrics, checkpoint_dir)
+                       self.study.identity | flatten(self._config()), self.plan.tracker.for_jobs, checkpoint_dir)
         self._running[job.key] = (repeat, run_id)
         return job
 

@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.cli import CONF_DIR, check_command_line, fail_cleanly, hydra_output_dir
-from sweep.paths import first_missing
+from sweep.fresh_store import made_meanwhile
+from sweep.paths import Workspace, first_missing
 from sweep.stages import stage
 
 PRIMARY_CONFIG = "config"  # conf/config.yaml
@@ -52,10 +53,12 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG)
     def sweep(cfg: DictConfig) -> None:
-        with fail_cleanly(new_dir):
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        tracking_uri = Workspace.from_config(plain, Path.cwd()).tracking_uri(plain["tracking"]["uri"])
+        with fail_cleanly(new_dir), made_meanwhile(tracking_uri):
             with stage("loading torch, Optuna and MLflow"):
                 from sweep import launch  # seconds to import, so only once there is a sweep to run
-            launch.run(OmegaConf.to_container(cfg, resolve=True), Path.cwd(), fixed_keys())
+            launch.run(plain, Path.cwd(), fixed_keys())
 
     sweep()
 

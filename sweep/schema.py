@@ -144,6 +144,7 @@ class Tracking(TypedDict):
     uri: str | None
     system_metrics: bool
     log_model: Literal["none", "best"]
+    write_every_s: NonNegativeFloat
 
 
 def dimension_bounds(dimension: "Dimension") -> "Dimension":

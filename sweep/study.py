@@ -248,21 +248,21 @@ class StrategyStudy:
             # A worker killed between creating the trial's run and linking it left the run: continue that one.
             # (A trial just asked for is new to every store: no run can name it yet, so none is looked for.)
             orphan = self.plan.tracker.find_trial_run(self.name, trial.number) if resumed else None
-            run_id = orphan or self._create_run(trial, config)
+            run_id = orphan or self._create_run(trial)
             crash_point("run-created")
             trial.set_user_attr("mlflow_run_id", run_id)
         checkpoint_dir = self.checkpoint_dir(trial.number)
         checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
         model_bar = (-math.inf if best is None else best) if self.plan.tracker.log_best_models else None
-        job = TrialJob(f"{self.name}#{trial.number}", spec, self.plan.run_settings, run_id, self.plan.tracker.uri,
-                       self.plan.tracker.system_metrics, checkpoint_dir, log_model_above=model_bar)
+        job = TrialJob(f"{self.name}#{trial.number}", spec, self.plan.run_settings, run_id,
+                       self.identity | flatten(config), self.plan.tracker.for_jobs, checkpoint_dir,
+                       log_model_above=model_bar)
         self._running[job.key] = RunningTrial(trial, job, last_step)
         return job
 
-    def _create_run(self, trial: optuna.Trial, config: dict[str, Any]) -> str:
+    def _create_run(self, trial: optuna.Trial) -> str:
         tags = {**self.run_tags(), TRIAL_NUMBER: str(trial.number)}
-        return self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags,
-                                                  self.identity | flatten(config), self.plan.dataset)
+        return self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags)
 
     def _best_so_far(self) -> float | None:
         """One storage query, once per trial: with shared PostgreSQL studies this must stay off the epoch path."""

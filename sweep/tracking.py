@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 
 from sweep.data import Task
 from sweep.errors import ConfigError, choice_error, one_line
+from sweep.paths import sqlite_path
 from sweep.stages import stage
 from sweep.stores import check_not_locked, first_use, retry_schema_race
 from sweep.train import EpochMetrics
@@ -68,11 +70,6 @@ GRID_POINT = "sweep.grid_point"  # this study's point, {key: value}; {} for the 
 GRID_STANDS_FOR = "sweep.grid_stands_for"  # the baseline's: the points that freeze nothing, [{key: value}]
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI; None for any other store."""
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
 DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 """The SQLAlchemy dialects MLflow stores runs in; their artifacts go where MLflow's client puts them."""
 
@@ -103,11 +100,12 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-def check_reachable(uri: str) -> None:
+def check_reachable(uri: str) -> bool:
     """Talk to the tracking store once, so an unreachable, locked or malformed URI fails before any work.
 
     This first contact creates a fresh store's schema: serialised for a local
-    SQLite file, retried for a database that workers started together.
+    SQLite file, retried for a database that workers started together. True: it
+    created a SQLite database.
     """
     quiet_mlflow()
     database = sqlite_path(uri)
@@ -117,6 +115,7 @@ def check_reachable(uri: str) -> None:
             new = database is not None and not database.exists()
             with stage(f"creating the MLflow database {database}") if new else nullcontext():
                 retry_schema_race(lambda: MlflowClient(uri).search_experiments(max_results=1))
+        return new
     except ConfigError:
         raise
     except Exception as err:  # MLflow raises many types here: all mean "this store cannot be used"
@@ -139,9 +138,11 @@ def as_tags(values: Mapping[str, str]) -> list[RunTag]:
 
 def outcome_tags(run_name: str, state: str) -> dict[str, str]:
     """`sweep.state`; pruned and failed runs also say so in their name, which MLflow's runs table shows
-    (an earlier attempt's outcome in the name is replaced)."""
+    (an earlier attempt's outcome in the name is replaced). The name is only written when it changes:
+    renaming a run costs a store round trip of its own."""
     name = run_name.split(" (")[0]
-    return {STATE: state, MLFLOW_RUN_NAME: name if state == "finished" else f"{name} ({state})"}
+    renamed = name if state == "finished" else f"{name} ({state})"
+    return {STATE: state} | ({MLFLOW_RUN_NAME: renamed} if renamed != run_name else {})
 
 
 def dataset_input(task: Task) -> DatasetInput:
@@ -152,14 +153,34 @@ def dataset_input(task: Task) -> DatasetInput:
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
 
 
-class TrialRun:
-    """The nested MLflow run of one Optuna trial.
+@dataclass(frozen=True)
+class JobTracking:
+    """How an attempt at a trial, wherever it runs, records into the trial's run."""
 
-    Its records are written by a writer thread, one batch at a time in the order given, so training goes
-    on meanwhile; `flush` waits until all of them are written, and is called before anything that says
-    they exist: a checkpoint replacing the last one, and the end of the attempt (then Optuna hears the
-    outcome). Not MLflow's own asynchronous logging: ending any run stops its queue, which costs up to a
-    second.
+    uri: str
+    system_metrics: bool = False  # MLflow's system-metrics monitor on every trial run
+    write_every_s: float = 5.0  # the longest a record waits to be written: how far MLflow's live view may lag
+
+
+@dataclass(frozen=True)
+class EarlierAttempts:
+    """What the attempts before this one logged into a trial's run (nothing, for the first)."""
+
+    run_name: str
+    epochs: int  # the last epoch step logged
+    keys: frozenset[str]  # every metric logged
+    attempts: int  # attempts that trained an epoch
+
+
+class TrialRun:
+    """The nested MLflow run of one Optuna trial, continued by one attempt at it.
+
+    Records are collected into one batch, which a writer thread writes in a single call (in the order
+    given, so training goes on meanwhile) once `write_every_s` have passed since the last write, and
+    whenever `flush` is called: before anything that says they exist, a checkpoint replacing the last
+    one and the end of the attempt (then Optuna hears the outcome). A trial of short epochs so costs a
+    round trip or two, not one per epoch. Not MLflow's own asynchronous logging: ending any run stops
+    its queue, which costs up to a second.
 
     A later attempt at a trial (after a killed sweep, a Ray retry, an unreadable checkpoint) repeats,
     identically, what the one before it did since its last checkpoint; what that attempt logged is not
@@ -167,59 +188,82 @@ class TrialRun:
     trained (`ATTEMPT_FIRST_EPOCH`), so the run shows where it resumed.
     """
 
-    def __init__(self, run_id: str, name: str, client: MlflowClient, writer: ThreadPoolExecutor,
-                 logged_epochs: int = 0, logged_keys: frozenset[str] = frozenset(), attempt: int = 0) -> None:
+    def __init__(self, run_id: str, client: MlflowClient, writer: ThreadPoolExecutor, write_every_s: float) -> None:
         self.run_id = run_id
-        self.name = name
         self.client = client
         self.writer = writer
-        self.logged_epochs = logged_epochs
-        self.logged_keys = logged_keys
-        self.attempt = attempt  # attempts at the trial that trained an epoch before this one
+        self.write_every_s = write_every_s
         self._attempt_logged = False
         self._pending: list[Future] = []
+        self._earlier: Future[EarlierAttempts] | None = None
+        self._metrics: list[Metric] = []
+        self._tags: dict[str, str] = {}
+        self._written_at = time.perf_counter()
 
-    @classmethod
-    def continued(cls, client: MlflowClient, run: Run, writer: ThreadPoolExecutor) -> "TrialRun":
-        """A trial's run as the attempt found it, with what earlier attempts logged (nothing, for the first: then
-        no query is made, since a run's history is read only for the metrics it holds)."""
+    def open(self, tags: Mapping[str, str], params: Mapping[str, Any], dataset: DatasetInput) -> None:
+        """Start the attempt while the first epoch trains: read what earlier attempts logged, and write this one's
+        tags (its first records) and the run's params and dataset where they are missing."""
+        self._earlier = self.writer.submit(self._continue, tags, params, dataset)
+        self._pending.append(self._earlier)
+
+    def _continue(self, tags: Mapping[str, str], params: Mapping[str, Any], dataset: DatasetInput) -> EarlierAttempts:
+        run = self.client.get_run(self.run_id)
         metrics = run.data.metrics
 
-        def history(key: str) -> list[Metric]:
-            return client.get_metric_history(run.info.run_id, key) if key in metrics else []
+        def history(key: str) -> list[Metric]:  # read only for the metrics the run holds: none, for a first attempt
+            return self.client.get_metric_history(self.run_id, key) if key in metrics else []
 
-        return cls(run.info.run_id, run.info.run_name, client, writer,
-                   max((m.step for m in history("val_accuracy")), default=0), frozenset(metrics),
-                   len(history(ATTEMPT_FIRST_EPOCH)))
+        if run.info.status != "RUNNING":
+            self.client.update_run(self.run_id, status="RUNNING")
+        missing = {key: value for key, value in params.items() if key not in run.data.params}
+        self.client.log_batch(self.run_id, params=as_params(missing), tags=as_tags(tags))
+        if not run.inputs.dataset_inputs:
+            self.client.log_inputs(self.run_id, [dataset])
+        return EarlierAttempts(run.info.run_name, max((m.step for m in history("val_accuracy")), default=0),
+                               frozenset(metrics), len(history(ATTEMPT_FIRST_EPOCH)))
 
-    def _log(self, metrics: list[Metric] = (), params: list[Param] = (), tags: list[RunTag] = ()) -> None:
-        self._pending.append(self.writer.submit(self.client.log_batch, self.run_id, metrics, params, tags))
+    @property
+    def earlier(self) -> EarlierAttempts:
+        return self._earlier.result()
+
+    def _write(self) -> None:
+        """Hand the batch collected so far to the writer thread."""
+        if self._metrics or self._tags:
+            self._pending.append(self.writer.submit(self.client.log_batch, self.run_id, self._metrics,
+                                                    tags=as_tags(self._tags)))
+        self._metrics, self._tags = [], {}
+        self._written_at = time.perf_counter()
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
-        """The epoch's curves and traces (`sweep.trace`), in one batch."""
+        """The epoch's curves and traces (`sweep.trace`)."""
         if not self._attempt_logged:
-            self._log(as_metrics({ATTEMPT_FIRST_EPOCH: metrics.epoch}, step=self.attempt))
+            self._metrics += as_metrics({ATTEMPT_FIRST_EPOCH: metrics.epoch}, step=self.earlier.attempts)
             self._attempt_logged = True
-        if metrics.epoch <= self.logged_epochs:
-            return
-        self._log(as_metrics({"val_accuracy": metrics.val_accuracy, "train_loss": metrics.train_loss,
-                              **metrics.trace}, step=metrics.epoch))
+        if metrics.epoch > self.earlier.epochs:
+            self._metrics += as_metrics({"val_accuracy": metrics.val_accuracy, "train_loss": metrics.train_loss,
+                                         **metrics.trace}, step=metrics.epoch)
+        if time.perf_counter() - self._written_at >= self.write_every_s:
+            self._write()
 
     def log_result(self, result: TrialResult) -> None:
+        """The trial's final figures and what it ran, with its outcome (finished or pruned)."""
         final = result.final_metrics()
         final.pop("val_accuracy")  # already logged per epoch; its latest value is the final one
         phases = PHASE_SEPARATOR.join(f"{p.phase}: {p.describe()}" for p in result.phases)
-        self._log(as_metrics({k: v for k, v in final.items() if k not in self.logged_keys}),
-                  tags=as_tags({BACKBONE_SHA256: result.backbone_sha256, PHASES: phases}))
+        self._metrics += as_metrics({k: v for k, v in final.items() if k not in self.earlier.keys})
+        self._tags |= {BACKBONE_SHA256: result.backbone_sha256, PHASES: phases,
+                       **outcome_tags(self.earlier.run_name, "pruned" if result.stopped_early else "finished")}
 
-    def tag(self, tags: Mapping[str, str]) -> None:
-        self._log(tags=as_tags(tags))
+    def set_failed(self) -> None:
+        self._tags |= outcome_tags(self.earlier.run_name, "failed")
 
-    def set_state(self, state: str) -> None:
-        self.tag(outcome_tags(self.name, state))
+    def end(self, status: str) -> None:
+        self._write()
+        self._pending.append(self.writer.submit(self.client.set_terminated, self.run_id, status))
 
     def log_model(self, net: nn.Module, example: torch.Tensor) -> None:
-        """The trained network as an MLflow model of this run, with the signature of one input example.
+        """The trained network as an MLflow model of this run (the active one), with the signature of one input
+        example.
 
         Pickled: torch.export cannot trace the grad-mode switches of a frozen prefix, so loading it
         (mlflow.pytorch.load_model) needs this package importable.
@@ -231,7 +275,8 @@ class TrialRun:
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     def flush(self) -> None:
-        """Wait until every record handed over so far is written; a failed write raises here."""
+        """Write every record collected so far, and wait until it is written; a failed write raises here."""
+        self._write()
         pending, self._pending = self._pending, []
         for write in pending:
             write.result()
@@ -239,7 +284,7 @@ class TrialRun:
 
 class Tracker:
     def __init__(self, uri: str, experiment: str, results_dir: Path, system_metrics: bool = False,
-                 log_model: str = "none") -> None:
+                 log_model: str = "none", write_every_s: float = JobTracking.write_every_s) -> None:
         if log_model not in LOG_MODEL_CHOICES:
             raise choice_error("tracking.log_model", log_model, LOG_MODEL_CHOICES)
         self.log_best_models = log_model == "best"
@@ -248,8 +293,9 @@ class Tracker:
         self.client = MlflowClient(uri)
         self.experiment_id = self._experiment_id(experiment, artifact_location(uri, results_dir))
         mlflow.set_experiment(experiment_id=self.experiment_id)
-        self.system_metrics = system_metrics
         self.uri = uri
+        self.for_jobs = JobTracking(uri, system_metrics, write_every_s)
+        self._study_runs: dict[str, str] = {}  # study name -> its parent run
 
     def _experiment_id(self, name: str, artifacts: str | None) -> str:
         """Get or create; a worker that loses the race to create it uses the winner's."""
@@ -287,19 +333,25 @@ class Tracker:
         return mine
 
     def study_run_id(self, study_name: str) -> str | None:
-        """The study's parent run, None until its first trial or repeat."""
-        return self._earliest({ROLE: "study", STUDY: study_name})
+        """The study's parent run, None until its first trial or repeat. Once found it is remembered: a parent
+        run never changes (a worker that loses the race to create it deletes only its own copy)."""
+        if study_name not in self._study_runs:
+            found = self._earliest({ROLE: "study", STUDY: study_name})
+            if found is None:
+                return None
+            self._study_runs[study_name] = found
+        return self._study_runs[study_name]
 
     def _create_study_run(self, study_name: str, tags: dict[str, str]) -> str:
-        return self._claim(study_name, {ROLE: "study", STUDY: study_name}, tags) or self.study_run_id(study_name)
+        mine = self._claim(study_name, {ROLE: "study", STUDY: study_name}, tags)
+        if mine is not None:
+            self._study_runs[study_name] = mine
+        return mine or self.study_run_id(study_name)
 
-    def claim_repeat_run(self, parent_run_id: str, name: str, identity: dict[str, str], tags: dict[str, str],
-                         params: dict[str, object], dataset: DatasetInput) -> str | None:
+    def claim_repeat_run(self, parent_run_id: str, name: str, identity: dict[str, str],
+                         tags: dict[str, str]) -> str | None:
         """The nested run of a new confirmation run, unless another driver already has the one `identity` names."""
-        run_id = self._claim(name, {ROLE: "repeat", **identity}, self._nested_tags("repeat", parent_run_id, name, tags))
-        if run_id is not None:
-            self._describe(run_id, params, dataset)
-        return run_id
+        return self._claim(name, {ROLE: "repeat", **identity}, self._nested_tags("repeat", parent_run_id, name, tags))
 
     def repeat_runs(self, study_name: str) -> list[Run]:
         """Every confirmation run of a study, whichever configuration it confirmed."""
@@ -352,18 +404,11 @@ class Tracker:
     def _nested_tags(role: str, parent_run_id: str, name: str, tags: dict[str, str]) -> dict[str, str]:
         return {ROLE: role, MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name, **tags}
 
-    def _describe(self, run_id: str, params: dict[str, object], dataset: DatasetInput) -> None:
-        """A nested run's configuration and the dataset it trains on."""
-        self.client.log_batch(run_id, params=as_params(params))
-        self.client.log_inputs(run_id, [dataset])
-
-    def create_trial_run(self, parent_run_id: str, name: str, tags: dict[str, str], params: dict[str, object],
-                         dataset: DatasetInput) -> str:
-        """The nested run of a new trial, created by the driver so that every attempt, wherever it runs, continues it."""
+    def create_trial_run(self, parent_run_id: str, name: str, tags: dict[str, str]) -> str:
+        """The nested run of a new trial, created by the driver so that every attempt, wherever it runs, continues it
+        (and describes it: its params and dataset)."""
         tags = {**self._context_tags, **self._nested_tags("trial", parent_run_id, name, tags)}
-        run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        self._describe(run_id, params, dataset)
-        return run_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
     def fail_trial_run(self, run_id: str) -> None:
         """End the run of a trial that could not report its own end (every attempt's worker died)."""
@@ -373,17 +418,29 @@ class Tracker:
 
 
 @contextmanager
-def continue_trial_run(uri: str, run_id: str, tags: dict[str, str], system_metrics: bool) -> Iterator[TrialRun]:
+def continue_trial_run(tracking: JobTracking, run_id: str, tags: Mapping[str, str], params: Mapping[str, Any],
+                       dataset: DatasetInput, active: bool = False) -> Iterator[TrialRun]:
     """One attempt at a trial, in whatever process runs it; an exception escaping the block ends the run FAILED.
 
-    The block ends once every record of the attempt is stored; the attempt's tags are its first record."""
+    The block ends once every record of the attempt is stored. `active`: make it MLflow's active run as well,
+    for what needs one (`mlflow.pytorch.log_model`, the system-metrics monitor); otherwise only the client is
+    used, which saves three store round trips.
+    """
     quiet_mlflow()
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics) as run, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") as writer:  # one: records in order
-        trial_run = TrialRun.continued(MlflowClient(uri), run, writer)  # the run as start_run read it
-        trial_run.tag(tags)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") as writer:  # one: records in order
+        if active:
+            mlflow.set_tracking_uri(tracking.uri)
+            mlflow.start_run(run_id=run_id, log_system_metrics=tracking.system_metrics)
+        trial_run = TrialRun(run_id, MlflowClient(tracking.uri), writer, tracking.write_every_s)
+        trial_run.open(tags, params, dataset)
+        status = "FAILED"
         try:
             yield trial_run
+            status = "FINISHED"
         finally:
-            trial_run.flush()
+            trial_run.end(status)
+            try:
+                trial_run.flush()
+            finally:
+                if active:
+                    mlflow.end_run(status)

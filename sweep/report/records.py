@@ -20,11 +20,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import ConfigError
 from sweep.grid import Grid, GridPoint
+from sweep.paths import sqlite_path
 from sweep.search import is_database_url, journal_file, journal_path, storage_opener
 from sweep.strategies import MECHANISMS
 from sweep.trace import is_trace
 from sweep.tracking import (BACKBONE_SHA256, CHOSEN_TRIAL, GRID, GRID_POINT, GRID_STANDS_FOR, REPEAT, ROLE, STATE,
-                            STUDY, STUDY_PARAMS, TRIAL_NUMBER, check_reachable, sqlite_path)
+                            STUDY, STUDY_PARAMS, TRIAL_NUMBER, check_reachable)
 
 STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 UNFINISHED = "running"  # RUNNING or WAITING in Optuna: still going, or its process died

@@ -178,5 +178,23 @@ def test_a_mistake_on_a_new_results_dir_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, message", [
+    (["search.storage=postgresql://nobody@127.0.0.1:9/none"], "cannot use Optuna storage"),
+    (["+strategy=cached_prefix"], "strategy 'cached_prefix' cannot reuse the frozen prefix's outputs"),
+], ids=["unreachable storage", "strategy that cannot run"])
+def test_a_mistake_the_job_finds_takes_back_the_mlflow_database_made_meanwhile(tmp_path, cache_dir, args, message):
+    """A fresh results_dir's MLflow database is made by a child process while the job imports and checks
+    (sweep/fresh_store.py): a mistake found by then removes it again."""
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "cache").symlink_to(cache_dir, target_is_directory=True)
+    done = sweep_command("sweep.run", f"results_dir={results_dir}", *args, cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+    assert f"creating the MLflow database {results_dir / 'mlflow.db'}: done" in done.stdout  # it was made
+    assert tree(results_dir) == {"cache": "dir"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
 def test_there_are_at_least_sixty_distinct_bad_inputs():
     assert len({(module, tuple(args)) for module, _, args, _ in CASES}) >= 60

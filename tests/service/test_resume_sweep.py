@@ -17,7 +17,8 @@ from sweep.faults import VARIABLE
 from sweep_commands import sweep_command
 
 ARGS = ["+strategy=requires_grad", "search.n_trials=1", "search.repeats=1", "experiment=resume",
-        "phases=[{epochs:2,freeze:{depth:3}},{epochs:6,freeze:{depth:2}}]"]  # default checkpoint_every_s: 30
+        "phases=[{epochs:2,freeze:{depth:3}},{epochs:6,freeze:{depth:2}}]",  # default checkpoint_every_s: 30
+        "tracking.write_every_s=0"]  # every epoch is written as it ends, so epochs 3 and 4 are before the kill
 STUDY = "resume.requires_grad.head_backbone"
 KILLED_AFTER = 4
 
