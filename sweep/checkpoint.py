@@ -3,7 +3,8 @@
 Writing one costs as much as a short epoch (the model, optimizer state and an
 fsync), so a trial writes it once `every_s` seconds have passed since the last
 one (and at the end of every phase, decided in `sweep.trial`), not after every
-epoch: a killed trial repeats the epochs since, identically.
+epoch: a killed trial repeats the epochs since, identically. It is put in place
+once the records of those epochs are stored.
 
 It holds everything the rest of the trial depends on: the model with its
 buffers, the optimizer and scheduler, the gradients left on parameters
@@ -18,6 +19,7 @@ A finished trial deletes its checkpoint: the result then lives in the trackers,
 and a sweep of many trials does not keep a model copy per trial on disk.
 """
 
+import itertools
 import os
 import random
 import time
@@ -77,17 +79,31 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+Step = Callable[[], None]
+WhenRecorded = Callable[[Step], None]
+"""Runs a step once every record the trial handed to its trackers so far is stored, in the order given."""
+
+
+def at_once(step: Step) -> None:
+    step()
+
+
 class Checkpoint:
-    """The checkpoint of one trial in `directory`; `trial_key` tells whose it is; `before_commit` runs
-    between writing a new checkpoint and putting it in place (the trial's records must be stored first)."""
+    """The checkpoint of one trial in `directory`; `trial_key` tells whose it is.
+
+    A new checkpoint is written to a temporary file at once, and put in place (and the last one so
+    replaced) by `when_recorded`: only once the records of the epochs it covers are stored, so it never
+    claims an epoch whose records could be lost. Removing it at the end waits its turn the same way.
+    """
 
     def __init__(self, directory: Path, trial_key: str, every_s: float = 0.0,
-                 before_commit: Callable[[], None] | None = None) -> None:
+                 when_recorded: WhenRecorded = at_once) -> None:
         self.path = Path(directory) / FILE_NAME
         self.trial_key = trial_key
         self.every_s = every_s
-        self.before_commit = before_commit
+        self.when_recorded = when_recorded
         self._since = time.perf_counter()  # the last save, or this process's start on the trial
+        self._saves = itertools.count()  # each save its own temporary file: an earlier one may still wait its turn
 
     def due(self) -> bool:
         """`every_s` have passed since the last save (or since this process took the trial up)."""
@@ -104,15 +120,16 @@ class Checkpoint:
             "grads": {n: p.grad for n, p in net.named_parameters() if p.grad is not None},
             "rng": rng_states(trainer.device), "shuffling": shuffling.get_state(),
         }
-        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+        partial = self.path.with_suffix(f".{os.getpid()}-{next(self._saves)}.tmp")
         with self._create(partial) as file:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
-        if self.before_commit is not None:
-            self.before_commit()
-        os.replace(partial, self.path)
+        self.when_recorded(lambda: self._put_in_place(partial))
         self._since = time.perf_counter()
+
+    def _put_in_place(self, partial: Path) -> None:
+        os.replace(partial, self.path)
         crash_point("checkpoint-saved")
 
     def _create(self, partial: Path) -> BinaryIO:
@@ -166,6 +183,9 @@ class Checkpoint:
     def discard(self) -> None:
         """The trial finished: remove its checkpoint, any temporary file a killed process left, and the trial's
         folder once empty (the study's folder stays: other workers may be creating trial folders in it)."""
+        self.when_recorded(self._remove)
+
+    def _remove(self) -> None:
         self.path.unlink(missing_ok=True)
         for partial in self.path.parent.glob(f"{self.path.stem}.*.tmp"):
             partial.unlink(missing_ok=True)

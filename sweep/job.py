@@ -1,12 +1,13 @@
 """A trial as a self-contained job: what the driver hands an executor, and what comes back.
 
-The driver (the `sweep.run` process) asks Optuna for a trial, creates its MLflow
-run and packs everything the trial needs into a `TrialJob`. `run_job` trains it
-wherever the executor runs it, in this process or on a Ray worker of another
-machine, and talks to the driver only through `on_epoch`: nothing here touches the
-Optuna storage, so workers need no database. Every attempt at a trial (the first,
-one after a killed sweep, one Ray retries on another node) continues the same
-MLflow run from the trial's last checkpoint.
+The driver (the `sweep.run` process) asks Optuna for a trial and packs everything
+the trial needs into a `TrialJob`. `run_job` trains it wherever the executor runs
+it, in this process or on a Ray worker of another machine, and talks to the driver
+only through `on_epoch` and its outcome: nothing here touches the Optuna storage,
+so workers need no database. Every attempt at a trial (the first, which creates its
+MLflow run, one after a killed sweep, one Ray retries on another node) continues
+the same MLflow run from the trial's last checkpoint; the outcome names the run, and
+the driver links the trial to it before Optuna hears how it ended.
 """
 
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from sweep.faults import crash_point
 from sweep.feature_cache import FeatureCache
 from sweep.models import ModelDef
 from sweep.threads import threads_for
-from sweep.tracking import DEVICE, NODE, WORKER_PROCESS, JobTracking, TrialRun, continue_trial_run
+from sweep.tracking import DEVICE, NODE, WORKER_PROCESS, JobTracking, NewRun, TrialRun, continue_trial_run
 from sweep.train import EpochMetrics
 from sweep.trial import RunSettings, TrialResult, TrialSpec, resolve_device, run_trial
 
@@ -45,7 +46,7 @@ class TrialJob:
     key: str  # which trial an epoch report belongs to: "<study name>#<trial number>"
     spec: TrialSpec
     settings: RunSettings  # as configured: threads None are counted where the trial runs
-    run_id: str  # the trial's MLflow run, created by the driver
+    run: str | NewRun  # the trial's MLflow run: its id once the driver has linked it, else how to find or create it
     params: dict[str, object]  # the run's params: the first attempt to find them missing logs them
     tracking: JobTracking
     checkpoint_dir: Path  # under results_dir; its parent exists before the job is handed out
@@ -68,6 +69,7 @@ class Placement:
 class TrialOutcome:
     result: TrialResult | None = None
     error: str | None = None  # "Type: message" when the trial failed
+    run_id: str | None = None  # the MLflow run the attempt continued, for the driver to link its trial to
     run_ended: bool = True  # False: no attempt could end the MLflow run (its workers died); the driver must
 
     @classmethod
@@ -84,15 +86,16 @@ def run_job(job: TrialJob, inputs: TrialInputs, on_epoch: ReportEpoch, placement
     tags = {DEVICE: str(resolve_device(job.spec.device)), **placement.tags()}
     # Counted before each trial: a worker started alone gives up cores once others have started.
     settings = replace(job.settings, threads=threads_for(job.settings.threads, placement.sharing))
+    run = None
     try:
-        with continue_trial_run(job.tracking, job.run_id, tags, job.params, inputs.dataset,
+        with continue_trial_run(job.tracking, job.run, tags, job.params, inputs.dataset,
                                 active=job.tracking.system_metrics or job.log_model_above is not None) as run:
             result = _train(job, settings, inputs, run, on_epoch)
             run.log_result(result)
             crash_point("trial-logged")
     except Exception as err:  # any error inside a trial fails that trial only; the sweep goes on
-        return TrialOutcome(error=f"{type(err).__name__}: {err}")
-    return TrialOutcome(result)
+        return TrialOutcome(error=f"{type(err).__name__}: {err}", run_id=run and run.run_id)
+    return TrialOutcome(result, run_id=run.run_id)
 
 
 def _train(job: TrialJob, settings: RunSettings, inputs: TrialInputs, run: TrialRun,
@@ -113,7 +116,7 @@ def _train(job: TrialJob, settings: RunSettings, inputs: TrialInputs, run: Trial
                               "checkpoint")
         return run_trial(job.spec, inputs.task, inputs.model_def, on_epoch=log_and_report,
                          checkpoint_dir=job.checkpoint_dir, settings=settings, feature_cache=inputs.feature_cache,
-                         records_stored=run.flush, on_trained=log_model_if_best)
+                         when_recorded=run.when_recorded, on_trained=log_model_if_best)
     except Exception:
         run.set_failed()
         raise

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.search import STATE_NAMES
+from sweep.search import RUN_ATTR, STATE_NAMES
 from sweep.study import BASELINE, StrategyStudy, StrategySummary, StudyPlan, baseline_flops_per_step
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def study_record(study: StrategyStudy, summary: StrategySummary, flops_of_baseli
         tags |= timing.tags
     if complete:
         best = max(complete, key=lambda t: t.values[0])
-        tags |= {"best.trial": str(best.number), "best.run_id": best.user_attrs.get("mlflow_run_id", "")}
+        tags |= {"best.trial": str(best.number), "best.run_id": best.user_attrs.get(RUN_ATTR, "")}
         tags |= {f"best.{path}": str(value) for path, value in best.params.items()}
     return StudyRecord({k: v for k, v in metrics.items() if v is not None},
                        study.identity | study.fixed_config, tags)

@@ -31,6 +31,7 @@ PRUNERS.register("threshold")(optuna.pruners.ThresholdPruner)
 PRUNERS.register("none")(optuna.pruners.NopPruner)
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # what a study is topped up to n_trials of
 WORKER_ATTR = "worker"  # the trial's user attribute naming the process that runs it
+RUN_ATTR = "mlflow_run_id"  # the trial's user attribute naming its MLflow run, set once an attempt has run
 STATE_NAMES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
                TrialState.RUNNING: "running", TrialState.WAITING: "running"}  # as MLflow's `sweep.state` says it
 

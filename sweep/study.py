@@ -30,14 +30,14 @@ from sweep.job import TrialJob, TrialOutcome
 from sweep.models import ModelDef
 from sweep.paths import Workspace, default_uri
 from sweep.schedules import SCALAR_LR_SCHEDULES
-from sweep.search import (WORKER_ATTR, SearchSettings, TrialBudget, check_study, done_trials,
+from sweep.search import (RUN_ATTR, WORKER_ATTR, SearchSettings, TrialBudget, check_study, done_trials,
                           open_study, study_name)
 from sweep.grid import Grid, GridPoint
 from sweep.step_timing import TimingSettings
 from sweep.strategies import MECHANISMS
 from sweep.trace import SPLIT_TOLERANCE
 from sweep.tracking import (BACKBONE, GRID, GRID_POINT, GRID_STANDS_FOR, STUDY, STUDY_PARAMS, TRIAL_NUMBER,
-                            DatasetInput, Tracker, dataset_input)
+                            DatasetInput, NewRun, Tracker, dataset_input)
 from sweep.train import EpochMetrics
 from sweep.trial import RunSettings
 from sweep.workers import WORKER, WorkerRegistry, worker_is_dead
@@ -156,10 +156,10 @@ class StrategyStudy:
         """The next trial to run, or None when this session has handed out all it should."""
         if self._to_resume:
             frozen = self._to_resume.pop(0)
-            return self._start(optuna.Trial(self.study, frozen._trial_id), frozen.last_step, resumed=True)
+            return self._start(optuna.Trial(self.study, frozen._trial_id), frozen.last_step)
         # Workers sharing the study stop once it holds n_trials done, whoever ran them.
         if len(done_trials(self.study)) < self.plan.settings.n_trials and self._budget.take():
-            return self._start(self.study.ask(), None, resumed=False)
+            return self._start(self.study.ask(), None)
         return None
 
     def report_epoch(self, key: str, metrics: EpochMetrics) -> bool:
@@ -176,11 +176,9 @@ class StrategyStudy:
 
     def finish(self, key: str, outcome: TrialOutcome) -> None:
         """Tell Optuna how a trial ended, as `study.optimize(catch=...)` would: a failure fails that trial only."""
-        running = self._running.pop(key)
-        trial = running.trial
+        trial = self._running.pop(key).trial
+        self._link(trial, outcome)
         if outcome.error is not None:
-            if not outcome.run_ended:
-                self.plan.tracker.fail_trial_run(running.job.run_id)
             trial.set_user_attr("error", outcome.error)
             self._bar.write(f"{self.strategy}: trial {trial.number} failed: {outcome.error}", file=sys.stderr)
             self.study.tell(trial, state=TrialState.FAIL)
@@ -234,7 +232,7 @@ class StrategyStudy:
     def checkpoint_dir(self, number: int) -> Path:
         return self.plan.workspace.checkpoint_dir(self.name, number)
 
-    def _start(self, trial: optuna.Trial, last_step: int | None, resumed: bool) -> TrialJob:
+    def _start(self, trial: optuna.Trial, last_step: int | None) -> TrialJob:
         """Sample (or, for an interrupted trial, recall) its hyperparameters and give it an MLflow run."""
         values = {dim.path: dim.suggest(trial) for dim in self.plan.settings.space}
         config = with_values(self.config, values)
@@ -243,26 +241,29 @@ class StrategyStudy:
         best = self._best_so_far()
         self._best = "-" if best is None else f"{best:.3f}"
         self._bar.set_postfix(trial=trial.number, epoch=f"0/{spec.epochs}", best=self._best)  # visible from the start
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id is None:
-            # A worker killed between creating the trial's run and linking it left the run: continue that one.
-            # (A trial just asked for is new to every store: no run can name it yet, so none is looked for.)
-            orphan = self.plan.tracker.find_trial_run(self.name, trial.number) if resumed else None
-            run_id = orphan or self._create_run(trial)
-            crash_point("run-created")
-            trial.set_user_attr("mlflow_run_id", run_id)
+        run = trial.user_attrs.get(RUN_ATTR) or self._new_run(trial)  # not linked yet: the attempt finds or makes it
         checkpoint_dir = self.checkpoint_dir(trial.number)
         checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
         model_bar = (-math.inf if best is None else best) if self.plan.tracker.log_best_models else None
-        job = TrialJob(f"{self.name}#{trial.number}", spec, self.plan.run_settings, run_id,
+        job = TrialJob(f"{self.name}#{trial.number}", spec, self.plan.run_settings, run,
                        self.identity | flatten(config), self.plan.tracker.for_jobs, checkpoint_dir,
                        log_model_above=model_bar)
         self._running[job.key] = RunningTrial(trial, job, last_step)
         return job
 
-    def _create_run(self, trial: optuna.Trial) -> str:
+    def _new_run(self, trial: optuna.Trial) -> NewRun:
         tags = {**self.run_tags(), TRIAL_NUMBER: str(trial.number)}
-        return self.plan.tracker.create_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags)
+        return self.plan.tracker.new_trial_run(self._parent_run_id, f"{self.strategy}-{trial.number}", tags)
+
+    def _link(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
+        """Link the trial to the MLflow run its attempt continued (before Optuna hears the outcome); and end that
+        run FAILED if no attempt could (then look it up, should no attempt have said which it was)."""
+        if outcome.run_id is not None and RUN_ATTR not in trial.user_attrs:
+            trial.set_user_attr(RUN_ATTR, outcome.run_id)
+        if not outcome.run_ended:
+            run_id = trial.user_attrs.get(RUN_ATTR) or self.plan.tracker.find_trial_run(self.name, trial.number)
+            if run_id is not None:
+                self.plan.tracker.fail_trial_run(run_id)
 
     def _best_so_far(self) -> float | None:
         """One storage query, once per trial: with shared PostgreSQL studies this must stay off the epoch path."""

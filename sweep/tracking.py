@@ -27,8 +27,10 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from torch import nn
 
+from sweep.checkpoint import Step
 from sweep.data import Task
 from sweep.errors import ConfigError, choice_error, one_line
+from sweep.faults import crash_point
 from sweep.paths import sqlite_path
 from sweep.stages import stage
 from sweep.stores import check_not_locked, first_use, retry_schema_race
@@ -136,6 +138,33 @@ def as_tags(values: Mapping[str, str]) -> list[RunTag]:
     return [RunTag(key, str(value)) for key, value in values.items()]
 
 
+def earliest_run(client: MlflowClient, experiment_id: str, identity: Mapping[str, str]) -> Run | None:
+    """The earliest run carrying every tag of `identity`, should workers racing each other have created several."""
+    condition = " and ".join(f"tags.`{key}` = '{value}'" for key, value in identity.items())
+    runs = client.search_runs([experiment_id], filter_string=condition,
+                              order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1)
+    return runs[0] if runs else None
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A trial's run before it is linked to its Optuna trial: its first attempt creates it, and a later one (after
+    a kill, a Ray retry) finds it by the trial's tags. Created on the attempt's writer thread, off the driver's path."""
+
+    experiment_id: str
+    name: str
+    tags: dict[str, str]
+
+    def find_or_create(self, client: MlflowClient) -> Run:
+        identity = {key: self.tags[key] for key in (ROLE, STUDY, TRIAL_NUMBER)}
+        found = earliest_run(client, self.experiment_id, identity)
+        if found is not None:
+            return found
+        run = client.create_run(self.experiment_id, run_name=self.name, tags=self.tags)
+        crash_point("run-created")
+        return run
+
+
 def outcome_tags(run_name: str, state: str) -> dict[str, str]:
     """`sweep.state`; pruned and failed runs also say so in their name, which MLflow's runs table shows
     (an earlier attempt's outcome in the name is replaced). The name is only written when it changes:
@@ -176,11 +205,11 @@ class TrialRun:
     """The nested MLflow run of one Optuna trial, continued by one attempt at it.
 
     Records are collected into one batch, which a writer thread writes in a single call (in the order
-    given, so training goes on meanwhile) once `write_every_s` have passed since the last write, and
-    whenever `flush` is called: before anything that says they exist, a checkpoint replacing the last
-    one and the end of the attempt (then Optuna hears the outcome). A trial of short epochs so costs a
-    round trip or two, not one per epoch. Not MLflow's own asynchronous logging: ending any run stops
-    its queue, which costs up to a second.
+    given, so training goes on meanwhile) once `write_every_s` have passed since the last write, before
+    a checkpoint is put in place (`when_recorded` queues that behind them), and at the end of the
+    attempt, which waits for them all (then Optuna hears the outcome). A trial of short epochs so writes
+    at its start, at its checkpoint and at its end, not once per epoch. Not MLflow's own asynchronous
+    logging: ending any run stops its queue, which costs up to a second.
 
     A later attempt at a trial (after a killed sweep, a Ray retry, an unreadable checkpoint) repeats,
     identically, what the one before it did since its last checkpoint; what that attempt logged is not
@@ -188,8 +217,10 @@ class TrialRun:
     trained (`ATTEMPT_FIRST_EPOCH`), so the run shows where it resumed.
     """
 
-    def __init__(self, run_id: str, client: MlflowClient, writer: ThreadPoolExecutor, write_every_s: float) -> None:
-        self.run_id = run_id
+    def __init__(self, run: str | NewRun, client: MlflowClient, writer: ThreadPoolExecutor,
+                 write_every_s: float) -> None:
+        self.run = run
+        self.run_id = run if isinstance(run, str) else None  # a new run's once the writer has found or created it
         self.client = client
         self.writer = writer
         self.write_every_s = write_every_s
@@ -207,7 +238,8 @@ class TrialRun:
         self._pending.append(self._earlier)
 
     def _continue(self, tags: Mapping[str, str], params: Mapping[str, Any], dataset: DatasetInput) -> EarlierAttempts:
-        run = self.client.get_run(self.run_id)
+        run = self.client.get_run(self.run) if isinstance(self.run, str) else self.run.find_or_create(self.client)
+        self.run_id = run.info.run_id
         metrics = run.data.metrics
 
         def history(key: str) -> list[Metric]:  # read only for the metrics the run holds: none, for a first attempt
@@ -217,7 +249,7 @@ class TrialRun:
             self.client.update_run(self.run_id, status="RUNNING")
         missing = {key: value for key, value in params.items() if key not in run.data.params}
         self.client.log_batch(self.run_id, params=as_params(missing), tags=as_tags(tags))
-        if not run.inputs.dataset_inputs:
+        if not (run.inputs and run.inputs.dataset_inputs):  # a run just created has no inputs yet
             self.client.log_inputs(self.run_id, [dataset])
         return EarlierAttempts(run.info.run_name, max((m.step for m in history("val_accuracy")), default=0),
                                frozenset(metrics), len(history(ATTEMPT_FIRST_EPOCH)))
@@ -226,13 +258,26 @@ class TrialRun:
     def earlier(self) -> EarlierAttempts:
         return self._earlier.result()
 
+    def found_run_id(self) -> str:
+        """The run's id, once the writer thread has found or created the run."""
+        self._earlier.result()
+        return self.run_id
+
     def _write(self) -> None:
         """Hand the batch collected so far to the writer thread."""
         if self._metrics or self._tags:
-            self._pending.append(self.writer.submit(self.client.log_batch, self.run_id, self._metrics,
-                                                    tags=as_tags(self._tags)))
+            self._pending.append(self.writer.submit(self._log_batch, self._metrics, as_tags(self._tags)))
         self._metrics, self._tags = [], {}
         self._written_at = time.perf_counter()
+
+    def _log_batch(self, metrics: list[Metric], tags: list[RunTag]) -> None:
+        self.client.log_batch(self.run_id, metrics, tags=tags)  # on the writer thread: run_id is known there
+
+    def when_recorded(self, step: Step) -> None:
+        """Run `step` on the writer thread once the records collected so far are stored: they are handed over
+        now, and training goes on while they are written."""
+        self._write()
+        self._pending.append(self.writer.submit(step))
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
         """The epoch's curves and traces (`sweep.trace`)."""
@@ -259,7 +304,7 @@ class TrialRun:
 
     def end(self, status: str) -> None:
         self._write()
-        self._pending.append(self.writer.submit(self.client.set_terminated, self.run_id, status))
+        self._pending.append(self.writer.submit(lambda: self.client.set_terminated(self.run_id, status)))
 
     def log_model(self, net: nn.Module, example: torch.Tensor) -> None:
         """The trained network as an MLflow model of this run (the active one), with the signature of one input
@@ -311,11 +356,8 @@ class Tracker:
             return self.client.get_experiment_by_name(name).experiment_id
 
     def _earliest(self, identity: dict[str, str]) -> str | None:
-        """The earliest run carrying every tag of `identity`, should workers racing each other have created several."""
-        condition = " and ".join(f"tags.`{key}` = '{value}'" for key, value in identity.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=condition,
-                                       order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1)
-        return runs[0].info.run_id if runs else None
+        run = earliest_run(self.client, self.experiment_id, identity)
+        return run.info.run_id if run is not None else None
 
     @cached_property
     def _context_tags(self) -> dict[str, str]:
@@ -365,11 +407,8 @@ class Tracker:
             self.client.set_terminated(run_id, "FINISHED")
 
     def find_trial_run(self, study_name: str, trial_number: int) -> str | None:
-        """The run a killed worker created for a trial before it could link the trial to it."""
-        runs = self.client.search_runs(
-            [self.experiment_id], max_results=1, filter_string=f"tags.`{ROLE}` = 'trial' and "
-            f"tags.`{STUDY}` = '{study_name}' and tags.`{TRIAL_NUMBER}` = '{trial_number}'")
-        return runs[0].info.run_id if runs else None
+        """The run of a trial that was never linked to it (its attempts' workers died)."""
+        return self._earliest({ROLE: "trial", STUDY: study_name, TRIAL_NUMBER: str(trial_number)})
 
     def record_study(self, study_name: str, metrics: Mapping[str, float], params: Mapping[str, Any],
                      tags: Mapping[str, str], config: dict[str, Any], dataset: DatasetInput) -> None:
@@ -404,11 +443,11 @@ class Tracker:
     def _nested_tags(role: str, parent_run_id: str, name: str, tags: dict[str, str]) -> dict[str, str]:
         return {ROLE: role, MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name, **tags}
 
-    def create_trial_run(self, parent_run_id: str, name: str, tags: dict[str, str]) -> str:
-        """The nested run of a new trial, created by the driver so that every attempt, wherever it runs, continues it
-        (and describes it: its params and dataset)."""
-        tags = {**self._context_tags, **self._nested_tags("trial", parent_run_id, name, tags)}
-        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+    def new_trial_run(self, parent_run_id: str, name: str, tags: dict[str, str]) -> NewRun:
+        """The nested run of a trial not yet linked to one: whichever attempt runs first creates it (and every
+        attempt describes it: its params and dataset)."""
+        return NewRun(self.experiment_id, name, {**self._context_tags,
+                                                 **self._nested_tags("trial", parent_run_id, name, tags)})
 
     def fail_trial_run(self, run_id: str) -> None:
         """End the run of a trial that could not report its own end (every attempt's worker died)."""
@@ -418,8 +457,8 @@ class Tracker:
 
 
 @contextmanager
-def continue_trial_run(tracking: JobTracking, run_id: str, tags: Mapping[str, str], params: Mapping[str, Any],
-                       dataset: DatasetInput, active: bool = False) -> Iterator[TrialRun]:
+def continue_trial_run(tracking: JobTracking, run: str | NewRun, tags: Mapping[str, str],
+                       params: Mapping[str, Any], dataset: DatasetInput, active: bool = False) -> Iterator[TrialRun]:
     """One attempt at a trial, in whatever process runs it; an exception escaping the block ends the run FAILED.
 
     The block ends once every record of the attempt is stored. `active`: make it MLflow's active run as well,
@@ -428,11 +467,11 @@ def continue_trial_run(tracking: JobTracking, run_id: str, tags: Mapping[str, st
     """
     quiet_mlflow()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") as writer:  # one: records in order
+        trial_run = TrialRun(run, MlflowClient(tracking.uri), writer, tracking.write_every_s)
+        trial_run.open(tags, params, dataset)
         if active:
             mlflow.set_tracking_uri(tracking.uri)
-            mlflow.start_run(run_id=run_id, log_system_metrics=tracking.system_metrics)
-        trial_run = TrialRun(run_id, MlflowClient(tracking.uri), writer, tracking.write_every_s)
-        trial_run.open(tags, params, dataset)
+            mlflow.start_run(run_id=trial_run.found_run_id(), log_system_metrics=tracking.system_metrics)
         status = "FAILED"
         try:
             yield trial_run

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from sweep.blocknet import BlockNet
-from sweep.checkpoint import Checkpoint, Progress
+from sweep.checkpoint import Checkpoint, Progress, WhenRecorded, at_once
 from sweep.data import Task
 from sweep.errors import ConfigError, choice_error
 from sweep.faults import crash_point
@@ -276,7 +276,7 @@ def _max_or_none(values: list[float | None]) -> float | None:
 
 def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None = None,
               checkpoint_dir: Path | None = None, settings: RunSettings = RunSettings(),
-              feature_cache: FeatureCache | None = None, records_stored: Callable[[], None] | None = None,
+              feature_cache: FeatureCache | None = None, when_recorded: WhenRecorded = at_once,
               on_trained: Callable[[nn.Module, "TrialResult"], None] | None = None) -> TrialResult:
     """Run one trial. With `checkpoint_dir`, it checkpoints there at the end of an epoch once
     `settings.checkpoint_every_s` have passed since the last checkpoint, at the end of every phase and when it
@@ -284,18 +284,18 @@ def run_trial(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochC
     ran after its last checkpoint); the checkpoint is deleted once the trial finishes. `feature_cache` holds
     derived data trials share (cached_prefix's features); None: the trial keeps its own.
 
-    `records_stored` waits until what `on_epoch` handed to trackers is stored; it is called before a
-    checkpoint replaces the last one, so a checkpoint never claims an epoch whose records could be lost.
+    `when_recorded` runs a step once what `on_epoch` handed to trackers so far is stored: a checkpoint is put
+    in place (replacing the last one) by it, so a checkpoint never claims an epoch whose records could be lost.
     `on_trained` gets the trained network and the result before the network is dropped (to log the model).
     """
     with intra_op_threads(settings.threads):
         return _run(spec, task, model_def, on_epoch, checkpoint_dir, settings.checkpoint_every_s, feature_cache,
-                    records_stored, on_trained)
+                    when_recorded, on_trained)
 
 
 def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallback | None,
          checkpoint_dir: Path | None, checkpoint_every_s: float, feature_cache: FeatureCache | None,
-         records_stored: Callable[[], None] | None,
+         when_recorded: WhenRecorded,
          on_trained: Callable[[nn.Module, "TrialResult"], None] | None) -> TrialResult:
     started = time.perf_counter()
     memory = make_peak_memory(resolve_device(spec.device))  # first: it hands back what earlier trials freed
@@ -314,7 +314,7 @@ def _run(spec: TrialSpec, task: Task, model_def: ModelDef, on_epoch: EpochCallba
                       eval_mode_modules=held_norms(spec, net, setup.frozen), memory=memory,
                       tracer=Tracer(net, optimizer, mechanism, spec.grad_clip_norm))
     trainer.measure_starting_loss(*probe_batch)  # before resuming: the same untrained model in every process
-    checkpoint = (Checkpoint(checkpoint_dir, repr(spec), checkpoint_every_s, records_stored)
+    checkpoint = (Checkpoint(checkpoint_dir, repr(spec), checkpoint_every_s, when_recorded)
                   if checkpoint_dir is not None else None)
     run = PhasedRun(spec, setup, trainer, probe_batch, shuffling, checkpoint, started)
     run.resume()

@@ -1,7 +1,7 @@
-"""A trial's records reach MLflow in as few writes as `tracking.write_every_s` allows, and all before they are needed.
+"""A trial's records reach MLflow in as few writes as `tracking.write_every_s` allows, and each before what needs it.
 
 Counted exactly, with a real SQLite store: a trial of short epochs costs one write for the
-attempt's start and one for everything else, where one write per epoch used to be the rule.
+attempt's start, one per checkpoint and one for the rest, where one write per epoch used to be the rule.
 """
 
 import math
@@ -92,17 +92,19 @@ def test_write_every_s_zero_writes_every_epoch_as_it_ends(store):
     assert steps(client, run_id) == list(range(1, EPOCHS + 1))
 
 
-def test_a_flush_writes_what_was_collected_and_a_later_attempt_logs_no_step_twice(store):
+@pytest.mark.parametrize("write_every_s", [0.0, NEVER])
+def test_a_checkpoint_waits_for_its_records_and_a_later_attempt_logs_no_step_twice(store, write_every_s):
     uri, client, new_run, dataset = store
     run_id = new_run()
-    with pytest.raises(KeyboardInterrupt):  # interrupted after epoch 5; its last checkpoint was at epoch 3
-        with continue_trial_run(JobTracking(uri, write_every_s=NEVER), run_id, {}, {}, dataset) as run:
+    seen = []
+    with pytest.raises(KeyboardInterrupt):  # interrupted after epoch 5; it checkpointed epochs 1-3
+        with continue_trial_run(JobTracking(uri, write_every_s=write_every_s), run_id, {}, {}, dataset) as run:
             for number in range(1, 6):
                 run.log_epoch(epoch(number))
-                if number == 3:  # as a checkpoint does before it replaces the last one
-                    run.flush()
-                    assert steps(client, run_id) == [1, 2, 3]
+                if number == 3:  # as Checkpoint.save puts its file in place
+                    run.when_recorded(lambda: seen.append(steps(client, run_id)))
             raise KeyboardInterrupt
+    assert seen == [[1, 2, 3]]  # put in place right behind the records of the epochs it covers
     assert steps(client, run_id) == [1, 2, 3, 4, 5]  # what it had collected was written as the attempt ended
     assert client.get_run(run_id).info.status == "FAILED"
     attempt(store, run_id, NEVER, range(4, EPOCHS + 1))  # resumed from the epoch-3 checkpoint

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.errors import ConfigError
 from sweep.grid import Grid, GridPoint
 from sweep.paths import sqlite_path
-from sweep.search import is_database_url, journal_file, journal_path, storage_opener
+from sweep.search import RUN_ATTR, is_database_url, journal_file, journal_path, storage_opener
 from sweep.strategies import MECHANISMS
 from sweep.trace import is_trace
 from sweep.tracking import (BACKBONE_SHA256, CHOSEN_TRIAL, GRID, GRID_POINT, GRID_STANDS_FOR, REPEAT, ROLE, STATE,
@@ -238,7 +238,7 @@ def _load_experiment(client: MlflowClient, storage: BaseStorage, sources: Source
                               f"{sources.storage_label}; pass search.storage=URL of the sweep") from None
         trials = []
         for trial in study.get_trials(deepcopy=False):
-            run = by_id.get(trial.user_attrs.get("mlflow_run_id")) or by_number.get((study_name, str(trial.number)))
+            run = by_id.get(trial.user_attrs.get(RUN_ATTR)) or by_number.get((study_name, str(trial.number)))
             trials.append(_trial_record(client, name, tags, trial, run))
         repeats = sorted((_repeat_record(name, tags, run) for run in repeat_runs.get(study_name, [])),
                          key=lambda r: (r.tags.get(CHOSEN_TRIAL, ""), r.number))

@@ -94,7 +94,8 @@ def test_a_kill_right_after_creating_a_trial_leaves_a_trial_that_names_its_worke
 def test_a_kill_between_creating_a_run_and_linking_it_leaves_no_second_run(killed):
     (trial,), (run,) = killed["run-created"].trials, killed["run-created"].role("trial")
     assert "mlflow_run_id" not in trial.user_attrs and run.info.status == "RUNNING"
-    assert killed["checkpoint-saved"].trials[0].user_attrs["mlflow_run_id"] == run.info.run_id
+    (continued,) = killed["checkpoint-saved"].role("trial")  # the next attempt found that run, made no second
+    assert continued.info.run_id == run.info.run_id and continued.data.params  # and described it
     last = killed["last"]
     assert sorted(r.info.run_id for r in last.role("trial")) == sorted(t.user_attrs["mlflow_run_id"]
                                                                        for t in last.trials)
