@@ -1,7 +1,8 @@
 """Where the main job's time goes: `python -m sweep.run` split into imports, MLflow, Optuna, training and the rest.
 
 The job runs in a child process that wraps a few functions with a clock before any of the
-sweep's code is imported: every import statement, MLflow's fluent API and client, Optuna's
+sweep's code is imported: every import statement, MLflow's fluent API and client (and the
+job's waits for its MLflow writer thread and for the creation of a fresh store), Optuna's
 storages, study and trial, the training step, evaluation, checkpoints, FLOPs counting and
 memory measuring. Time is charged to the innermost wrapped call running on the main thread
 (an import inside an MLflow call is an import), the rest is "other" (Hydra, data loading,
