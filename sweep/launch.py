@@ -18,6 +18,7 @@ from sweep.parent_run import record_studies
 from sweep.paths import remove_empty_dirs
 from sweep.repeats import Repeats
 from sweep.search import SearchSettings, storage_opener
+from sweep.stages import stage
 from sweep.step_timing import TimingSettings
 from sweep.stores import outage_is_one_line
 from sweep.strategies import MECHANISMS
@@ -28,6 +29,7 @@ from sweep.tracking import Tracker, check_reachable
 from sweep.trial import set_up
 from sweep.workers import WorkerRegistry
 
+TIMING_STAGE = "timing each strategy's chosen configuration side by side"
 NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy", "executor", "cache", "timing")
 
 
@@ -112,9 +114,11 @@ def run(cfg: dict, base_dir: Path, fixed: set[str]) -> None:
     with outage_is_one_line():
         study_plan.executor.run(studies, inputs)
         study_plan.executor.run(repeats, inputs)
-        if any(r.ran for r in repeats) or not all(is_timed(study_plan, study) for study in studies):
-            time_studies(study_plan, studies, study_plan.timing)
-        timings = time_studies(study_plan, studies, study_plan.timing)  # {} when nothing was measured
+        timings = {}  # by study; none: the parent runs keep the figures measured with their current choices
+        retime = any(r.ran for r in repeats) or not all(is_timed(study_plan, study) for study in studies)
+        if study_plan.timing.rounds and retime:
+            with stage(TIMING_STAGE):
+                timings = time_studies(study_plan, studies, study_plan.timing)
         record_studies(study_plan, studies, cfg, timings)
     if study_plan.workers.live() == 1:  # no other worker of this host is about to hand out a trial in them
         for study in studies:  # each folder kept while anything is in it

@@ -6,6 +6,7 @@ import signal
 from mlflow.tracking import MlflowClient
 
 from sweep.faults import VARIABLE
+from sweep.launch import TIMING_STAGE
 from sweep_commands import DEFAULT_STRATEGIES, sweep_command
 from test_run import load_studies, own_sweep
 
@@ -15,6 +16,11 @@ FIXED = ["lr_split=uniform", "optimizer.lr=0.05", "train.epochs=1"]  # nothing l
 def repeat_runs(client: MlflowClient, experiment: str) -> list:
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     return client.search_runs([experiment_id], "tags.`sweep.role` = 'repeat'")
+
+
+def parent_runs(client: MlflowClient, experiment: str) -> list:
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs([experiment_id], "tags.`sweep.role` = 'study'")
 
 
 def seeds_by_strategy(runs) -> dict[str, list[str]]:
@@ -38,9 +44,13 @@ def test_every_strategy_repeats_with_the_same_seeds_and_a_rerun_tops_up_without_
 
     more = sweep_command("sweep.run", *FIXED, "search.repeats=2", "experiment=paired", f"results_dir={tmp_path}")
     assert more.returncode == 0, more.stderr
+    timed = {run.info.run_id: run.data.tags["timing.session"] for run in parent_runs(client, "paired")}
     again = sweep_command("sweep.run", *FIXED, "search.repeats=2", "experiment=paired", f"results_dir={tmp_path}")
     assert again.returncode == 0, again.stderr
     assert "repeats" not in again.stderr, "a rerun with nothing missing runs no repeat"
+    assert [c.stdout.count(f"{TIMING_STAGE} ...") for c in (done, more, again)] == [1, 1, 0], \
+        "timed once by each command that ran repeats, and not again by one that ran nothing"
+    assert {run.info.run_id: run.data.tags["timing.session"] for run in parent_runs(client, "paired")} == timed
     seeds = seeds_by_strategy(repeat_runs(client, "paired"))
     assert seeds == {strategy: ["1000", "1001"] for strategy in DEFAULT_STRATEGIES}
     assert all(not study.trials for study in load_studies(tmp_path / "optuna.journal").values())
