@@ -53,12 +53,13 @@ def main() -> None:
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG)
     def sweep(cfg: DictConfig) -> None:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        tracking_uri = Workspace.from_config(plain, Path.cwd()).tracking_uri(plain["tracking"]["uri"])
-        with fail_cleanly(new_dir), made_meanwhile(tracking_uri):
-            with stage("loading torch, Optuna and MLflow"):
-                from sweep import launch  # seconds to import, so only once there is a sweep to run
-            launch.run(plain, Path.cwd(), fixed_keys())
+        with fail_cleanly(new_dir):
+            plain = OmegaConf.to_container(cfg, resolve=True)
+            tracking_uri = Workspace.from_config(plain, Path.cwd()).tracking_uri(plain["tracking"]["uri"])
+            with made_meanwhile(tracking_uri):  # a fresh MLflow store is created while torch is imported
+                with stage("loading torch, Optuna and MLflow"):
+                    from sweep import launch  # seconds to import, so only once there is a sweep to run
+                launch.run(plain, Path.cwd(), fixed_keys())
 
     sweep()
 

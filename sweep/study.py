@@ -233,7 +233,7 @@ class StrategyStudy:
         return self.plan.workspace.checkpoint_dir(self.name, number)
 
     def _start(self, trial: optuna.Trial, last_step: int | None) -> TrialJob:
-        """Sample (or, for an interrupted trial, recall) its hyperparameters and give it an MLflow run."""
+        """Sample (or, for an interrupted trial, recall) its hyperparameters, and say which MLflow run it continues."""
         values = {dim.path: dim.suggest(trial) for dim in self.plan.settings.space}
         config = with_values(self.config, values)
         spec = trial_spec(config, self.strategy, self.plan.seed + trial.number)
