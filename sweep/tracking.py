@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as run_context
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -138,12 +139,33 @@ def as_tags(values: Mapping[str, str]) -> list[RunTag]:
     return [RunTag(key, str(value)) for key, value in values.items()]
 
 
+def carrying(identity: Mapping[str, str]) -> str:
+    """A runs search for the runs carrying every tag of `identity`."""
+    return " and ".join(f"tags.`{key}` = '{value}'" for key, value in identity.items())
+
+
 def earliest_run(client: MlflowClient, experiment_id: str, identity: Mapping[str, str]) -> Run | None:
     """The earliest run carrying every tag of `identity`, should workers racing each other have created several."""
-    condition = " and ".join(f"tags.`{key}` = '{value}'" for key, value in identity.items())
-    runs = client.search_runs([experiment_id], filter_string=condition,
+    runs = client.search_runs([experiment_id], filter_string=carrying(identity),
                               order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1)
     return runs[0] if runs else None
+
+
+def shared_write(write: Callable[[], None]) -> None:
+    """Do `write`, which skips what the store already holds, again if a worker writing the same records beat it.
+
+    Workers sharing a study write the same records at once: each writes the study's summary onto its parent run as
+    it ends the study, and the task's dataset (one per experiment) as its first trial starts. MLflow's SQL store
+    reads what it holds, then inserts what is new, so the slower worker's insert fails on the key the faster one
+    has just stored (BAD_REQUEST: the database's duplicate key). Done again, the write finds those records and
+    stores the rest; a param of another value still fails (INVALID_PARAMETER_VALUE).
+    """
+    try:
+        write()
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(BAD_REQUEST):
+            raise
+        write()
 
 
 @dataclass(frozen=True)
@@ -248,9 +270,9 @@ class TrialRun:
         if run.info.status != "RUNNING":
             self.client.update_run(self.run_id, status="RUNNING")
         missing = {key: value for key, value in params.items() if key not in run.data.params}
-        self.client.log_batch(self.run_id, params=as_params(missing), tags=as_tags(tags))
+        shared_write(lambda: self.client.log_batch(self.run_id, params=as_params(missing), tags=as_tags(tags)))
         if not (run.inputs and run.inputs.dataset_inputs):  # a run just created has no inputs yet
-            self.client.log_inputs(self.run_id, [dataset])
+            shared_write(lambda: self.client.log_inputs(self.run_id, [dataset]))
         return EarlierAttempts(run.info.run_name, max((m.step for m in history("val_accuracy")), default=0),
                                frozenset(metrics), len(history(ATTEMPT_FIRST_EPOCH)))
 
@@ -397,8 +419,8 @@ class Tracker:
 
     def repeat_runs(self, study_name: str) -> list[Run]:
         """Every confirmation run of a study, whichever configuration it confirmed."""
-        condition = f"tags.`{ROLE}` = 'repeat' and tags.`{STUDY}` = '{study_name}'"
-        return self.client.search_runs([self.experiment_id], condition, max_results=1000)
+        return self.client.search_runs([self.experiment_id], carrying({ROLE: "repeat", STUDY: study_name}),
+                                       max_results=1000)
 
     def end_study_run(self, study_name: str) -> None:
         """End a parent run left RUNNING by a worker killed after its study's last trial."""
@@ -420,8 +442,8 @@ class Tracker:
         models = self.client.search_logged_models([self.experiment_id], f"source_run_id = '{best_run}'",
                                                   max_results=1) if best_run and self.log_best_models else []
         tags = {**tags, **({"best.model_uri": models[0].model_uri} if models else {})}
-        self.client.log_batch(run_id, as_metrics(metrics), as_params(params), as_tags(tags))
-        self.client.log_inputs(run_id, [dataset])
+        shared_write(lambda: self.client.log_batch(run_id, as_metrics(metrics), as_params(params), as_tags(tags)))
+        shared_write(lambda: self.client.log_inputs(run_id, [dataset]))
         self.client.log_dict(run_id, config, "config.yaml")
 
     @contextmanager
