@@ -15,7 +15,7 @@ from sweep.executors import make_executor
 from sweep.grid import Grid, GridPoint
 from sweep.job import TrialInputs
 from sweep.parent_run import record_studies
-from sweep.paths import remove_empty_dirs
+from sweep.paths import first_missing, remove_empty_dirs
 from sweep.repeats import Repeats
 from sweep.search import SearchSettings, storage_opener
 from sweep.stages import stage
@@ -34,8 +34,24 @@ NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy
 
 
 def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
-    """Validate everything and open every store, before a single study or run is created."""
+    """Validate everything and open every store, before a single study or run is created. The checks build the
+    models, so pretraining may write its cache first: a mistake found after that takes the cache back."""
     workspace = Workspace.from_config(cfg, base_dir)
+    new_results, new_cache = first_missing(workspace.results_dir), first_missing(workspace.cache_dir)
+    try:
+        return checked_plan(cfg, base_dir, fixed, workspace)
+    except ConfigError:
+        if new_cache is not None and workspace.cache_dir.is_dir():  # the pretrained weights in it, this job wrote
+            for path in workspace.cache_dir.iterdir():
+                if path.is_file():
+                    path.unlink()
+            remove_empty_dirs(workspace.cache_dir, new_cache)
+        if new_results is not None:
+            remove_empty_dirs(workspace.results_dir, new_results)
+        raise
+
+
+def checked_plan(cfg: dict, base_dir: Path, fixed: set[str], workspace: Workspace) -> StudyPlan:
     runtime = run_settings(cfg["train"])
     workers = WorkerRegistry(workspace.results_dir)
     share_cores(threads_for(runtime.threads, workers.live()))  # before any torch work: checks build models
