@@ -31,7 +31,8 @@ from sweep.config import flatten, trial_spec, with_values
 from sweep.job import TrialJob, TrialOutcome
 from sweep.paths import inside
 from sweep.study import StrategyStudy
-from sweep.tracking import CHOSEN_TRIAL, DRIVER, NOTHING_SEARCHED, REPEAT, SEED, STATE, STUDY
+from sweep.tracking import (CHOSEN_TRIAL, DRIVER, NOTHING_SEARCHED, REPEAT, SEED, STATE, STUDY,
+                            earliest_of_each)
 from sweep.train import EpochMetrics
 from sweep.workers import WORKER, worker_is_dead
 
@@ -86,7 +87,8 @@ class Repeats:
             print(f"{self.study.strategy}: no finished trial, so no configuration to repeat", file=sys.stderr)
             yield
             return
-        mine = {int(run.data.tags[REPEAT]): run for run in self.plan.tracker.repeat_runs(self.study.name)
+        mine = {int(run.data.tags[REPEAT]): run
+                for run in earliest_of_each(self.plan.tracker.repeat_runs(self.study.name), (CHOSEN_TRIAL, REPEAT))
                 if run.data.tags.get(CHOSEN_TRIAL) == self._choice.tag}
         self._to_resume = [(r, run.info.run_id) for r, run in sorted(mine.items()) if _interrupted(run)]
         self._missing = [r for r in range(self.plan.settings.repeats) if r not in mine]

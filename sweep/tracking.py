@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -149,6 +149,16 @@ def earliest_run(client: MlflowClient, experiment_id: str, identity: Mapping[str
     runs = client.search_runs([experiment_id], filter_string=carrying(identity),
                               order_by=["attributes.start_time ASC", "attributes.run_id ASC"], max_results=1)
     return runs[0] if runs else None
+
+
+def earliest_of_each(runs: Iterable[Run], keys: Sequence[str]) -> list[Run]:
+    """The earliest run (start time, then id) of each identity that the tags `keys` give: the run a claim picks
+    (`Tracker._claim`). Two drivers may both have won one, should the run stamped earlier be stored later (a
+    slow insert, a clock behind); both then ran the same seed, which must count once."""
+    chosen: dict[tuple[str | None, ...], Run] = {}
+    for run in sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id)):
+        chosen.setdefault(tuple(run.data.tags.get(key) for key in keys), run)
+    return list(chosen.values())
 
 
 def shared_write(write: Callable[[], None]) -> None:

@@ -25,7 +25,7 @@ from sweep.search import RUN_ATTR, is_database_url, journal_file, journal_path, 
 from sweep.strategies import MECHANISMS
 from sweep.trace import is_trace
 from sweep.tracking import (BACKBONE_SHA256, CHOSEN_TRIAL, GRID, GRID_POINT, GRID_STANDS_FOR, REPEAT, ROLE, STATE,
-                            STUDY, STUDY_PARAMS, TRIAL_NUMBER, check_reachable)
+                            STUDY, STUDY_PARAMS, TRIAL_NUMBER, check_reachable, earliest_of_each)
 
 STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 UNFINISHED = "running"  # RUNNING or WAITING in Optuna: still going, or its process died
@@ -222,10 +222,10 @@ def _load_experiment(client: MlflowClient, storage: BaseStorage, sources: Source
     trial_runs = _runs(client, experiment_id, "trial")
     by_id = {run.info.run_id: run for run in trial_runs}
     by_number = {(run.data.tags.get(STUDY), run.data.tags.get(TRIAL_NUMBER)): run for run in trial_runs}
-    parents = {run.data.tags[STUDY]: run for run in _runs(client, experiment_id, "study")}
+    parents = {run.data.tags[STUDY]: run for run in earliest_of_each(_runs(client, experiment_id, "study"), (STUDY,))}
     study_tags = {study_name: run.data.tags for study_name, run in parents.items()}
     repeat_runs: dict[str, list[Run]] = {}
-    for run in _runs(client, experiment_id, "repeat"):
+    for run in earliest_of_each(_runs(client, experiment_id, "repeat"), (STUDY, CHOSEN_TRIAL, REPEAT)):
         repeat_runs.setdefault(run.data.tags.get(STUDY), []).append(run)
     order = strategy_order([tags["strategy"] for tags in study_tags.values()])
     studies = []

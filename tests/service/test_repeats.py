@@ -3,10 +3,12 @@
 import collections
 import signal
 
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from sweep.faults import VARIABLE
 from sweep.launch import TIMING_STAGE
+from sweep.report.records import Sources, load
 from sweep_commands import DEFAULT_STRATEGIES, sweep_command
 from test_run import load_studies, own_sweep
 
@@ -54,6 +56,17 @@ def test_every_strategy_repeats_with_the_same_seeds_and_a_rerun_tops_up_without_
     seeds = seeds_by_strategy(repeat_runs(client, "paired"))
     assert seeds == {strategy: ["1000", "1001"] for strategy in DEFAULT_STRATEGIES}
     assert all(not study.trials for study in load_studies(tmp_path / "optuna.journal").values())
+
+    # Two drivers whose claims raced (one's clock behind) both ran repeat 0: the report counts it once, the
+    # earliest-stamped run, as the claim would have picked.
+    original = next(run for run in repeat_runs(client, "paired") if run.data.tags["sweep.repeat"] == "0")
+    twin = client.create_run(original.info.experiment_id, start_time=original.info.start_time - 5000,
+                             tags=original.data.tags).info.run_id
+    client.log_batch(twin, metrics=[Metric(key, value, 0, 0) for key, value in original.data.metrics.items()])
+    records = load(Sources(f"sqlite:///{tmp_path / 'mlflow.db'}", None, tmp_path), ["paired"])
+    counted = sorted((s.strategy, r.number, r.run_id) for s in records.studies for r in s.repeats)
+    assert [c[:2] for c in counted] == sorted((strategy, r) for strategy in DEFAULT_STRATEGIES for r in (0, 1))
+    assert twin in {c[2] for c in counted} and original.info.run_id not in {c[2] for c in counted}
 
 
 def test_a_repeat_killed_mid_run_resumes_as_the_same_run(tmp_path, cache_dir):
