@@ -146,6 +146,9 @@ class CommandLine:
             fail(f"unknown option {unknown[0]!r}; see the options with --help")
         if unknown:
             fail(f"{unknown[0]!r} follows a flag; put the flags (-m, --cfg, ...) before every key=value override")
+        if args.config_path:
+            fail("--config-path replaces the sweep's own conf/ (its strategies, models and data sets); pass "
+                 "--config-dir DIR instead, which adds DIR's configs to them")
         prints = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
         own_dir = Path(args.config_dir).expanduser().absolute() if args.config_dir else None
         return cls(args.overrides, args.config_name or config_name, own_dir, args.multirun, not prints)

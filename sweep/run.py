@@ -26,7 +26,7 @@ PRIMARY_CONFIG = "config"  # conf/config.yaml
 
 def fixed_keys() -> set[str]:
     """Keys you set yourself, fixed and never searched: on the command line, or in a config file of your own
-    (the primary config named by --config-name, found in a --config-dir or --config-path of yours)."""
+    (the primary config named by --config-name, found in a --config-dir of yours)."""
     hydra_config = HydraConfig.get()
     keys = {override.split("=", 1)[0].lstrip("+~") for override in hydra_config.overrides.task}
     for source in hydra_config.runtime.config_sources:

@@ -96,6 +96,7 @@ RUN_CASES = {
                                         "needs the frozen blocks to be a prefix"),
     "phase of no epochs": (["phases=[{epochs:0}]"], "phases.0.epochs=0 is not valid"),
     "an unknown option": (["--bogus"], "unknown option '--bogus'; see the options with --help"),
+    "a config path": (["--config-path=<user_dir>", "--config-name=notes"], "pass --config-dir DIR instead"),
     "a flag after the overrides": (["optimizer.lr=0.1", "-m", "optimizer.lr=0.2"], "follows a flag; put the flags"),
     "two values without multirun": (["train.epochs=1,2"], "Ambiguous value for argument 'train.epochs=1,2'"),
     "a multirun with one bad job": (["-m", "optimizer.lr=0.1,true"], "optimizer.lr=true is not valid"),
