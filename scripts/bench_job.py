@@ -8,7 +8,8 @@ memory measuring. Time is charged to the innermost wrapped call running on the m
 (an import inside an MLflow call is an import), the rest is "other" (Hydra, data loading,
 building models, the sweep's own code), and Python's own start-up is what the parent's wall
 clock saw before the child's first line; exit is the wall time left after the child's last
-atexit handler (interpreter teardown). Wrapping costs a few microseconds per call.
+atexit handler (interpreter teardown, unless the job ends without it). Wrapping costs a few
+microseconds per call.
 
 Runs this working tree and, with `--baseline REV`, a copy of revision REV, interleaved round
 by round in random order, each job in a fresh results directory (so it creates its stores, as
@@ -26,6 +27,7 @@ import inspect
 import json
 import os
 import random
+import runpy
 import shlex
 import statistics
 import subprocess
@@ -161,10 +163,16 @@ def child(out: Path, argv: list[str]) -> None:
     def write() -> None:
         out.write_text(json.dumps({"first_line_at": began, "seconds": clock.totals()}))
 
-    atexit.register(write)
+    atexit.register(write)  # a job the interpreter tears down: after every other handler
+    end_process = os._exit
+
+    def write_and_end(status: int) -> None:  # a job that ends without the teardown (sweep/quick_exit.py)
+        write()
+        end_process(status)
+
+    os._exit = write_and_end
     sys.argv = ["sweep.run", *argv]
-    from sweep.run import main as sweep_main  # imported under the clock, as the command imports it
-    sweep_main()
+    runpy.run_module("sweep.run", run_name="__main__", alter_sys=True)  # as `python -m sweep.run`, under the clock
 
 
 def timed_job(tree: Path, cache: Path, overrides: list[str], work: Path, omp: str | None) -> dict:

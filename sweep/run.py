@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep.cli import CONF_DIR, check_command_line, fail_cleanly, hydra_output_dir
 from sweep.fresh_store import made_meanwhile
 from sweep.paths import Workspace, first_missing
+from sweep.quick_exit import QuickExit
 from sweep.stages import stage
 
 PRIMARY_CONFIG = "config"  # conf/config.yaml
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    QuickExit().run(main)

@@ -1,3 +1,4 @@
+from sweep.quick_exit import QuickExit
 from sweep.report.cli import main
 
-main()
+QuickExit().run(main)
