@@ -17,7 +17,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from sweep.errors import ConfigError
-from sweep.paths import first_missing, remove_empty_dirs, sqlite_path
+from sweep.paths import first_missing, remove_empty_dirs, schema_lock, sqlite_path
 
 EXISTED = 3  # the child's exit status when another process had created the database first
 
@@ -28,7 +28,7 @@ class FreshStore:
     def __init__(self, uri: str, database: Path) -> None:
         self.database = database
         self.new_dir = first_missing(database.parent)  # the outermost directory the child will create, if any
-        self.lock = Path(f"{database}.lock")
+        self.lock = schema_lock(database)
         self.lock_existed = self.lock.exists()
         # Its stage line shows; its errors do not (the job's own check says them). In a session of its own, so
         # Ctrl-C does not stop it mid-migration: it finishes the schema, then exits.

@@ -43,6 +43,11 @@ def first_missing(path: Path) -> Path | None:
     return missing
 
 
+def schema_lock(database: Path) -> Path:
+    """The file lock beside a SQLite store that serialises creating its schema among this host's processes."""
+    return Path(f"{database}.lock")
+
+
 def remove_empty_dirs(path: Path, top: Path) -> None:
     """Remove `path` and then its parents, up to and including `top`, as long as each is an empty directory."""
     while path.is_relative_to(top) and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):

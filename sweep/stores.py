@@ -30,6 +30,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from sweep.errors import ConfigError, one_line, warn
+from sweep.paths import schema_lock
 
 T = TypeVar("T")
 
@@ -105,7 +106,7 @@ def first_use(database: Path | None) -> Iterator[None]:
         yield
         return
     database.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(f"{database}.lock")
+    lock = FileLock(schema_lock(database))
     try:
         lock.acquire(timeout=SCHEMA_LOCK_WAIT_S)
     except Timeout:

@@ -462,8 +462,11 @@ class Tracker:
 
         Only the client is used, never MLflow's active run: a driver keeps every strategy's parent open at once.
         """
-        run_id = self.study_run_id(study_name) or self._create_study_run(study_name, tags)
-        self.client.update_run(run_id, status="RUNNING")
+        run_id = self.study_run_id(study_name)
+        if run_id is None:
+            run_id = self._create_study_run(study_name, tags)  # RUNNING as it is created
+        else:
+            self.client.update_run(run_id, status="RUNNING")
         try:
             yield run_id
         except BaseException:
