@@ -1,8 +1,8 @@
 """Fault injection for the crash tests: `SWEEP_FAULT=<point>` makes the process SIGKILL itself at that point.
 
 The points are the moments between two writes a kill could tear apart;
-tests/service/test_crash_windows.py kills a sweep at each, runs it again and
-checks that nothing is left half-done. Unset (always, outside tests), a point
+tests/service/test_crash_windows.py kills a sweep at each (the store's creation:
+test_stores_service.py), runs it again and checks that nothing is left half-done. Unset (always, outside tests), a point
 costs one environment lookup.
 
 - `trial-created`: Optuna holds a new trial, nothing else of it exists yet
@@ -11,6 +11,7 @@ costs one environment lookup.
 - `epoch-<N>-reported`: epoch N's metrics are logged, its checkpoint (if one is due) not yet written
 - `trial-logged`: a trial's final metrics are logged, Optuna not yet told its outcome
 - `trials-done`: a study's last trial is told, its MLflow parent run not yet ended
+- `store-migrated`: a fresh SQLite tracking store's schema is made, not yet moved into place
 """
 
 import os

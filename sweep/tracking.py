@@ -116,14 +116,31 @@ def check_reachable(uri: str) -> bool:
     try:
         with first_use(database):
             new = database is not None and not database.exists()
-            with stage(f"creating the MLflow database {database}") if new else nullcontext():
-                retry_schema_race(lambda: MlflowClient(uri).search_experiments(max_results=1))
+            if new:
+                with stage(f"creating the MLflow database {database}"):
+                    create_sqlite_store(database)
+            retry_schema_race(lambda: MlflowClient(uri).search_experiments(max_results=1))
         return new
     except ConfigError:
         raise
     except Exception as err:  # MLflow raises many types here: all mean "this store cannot be used"
-        raise ConfigError(f"cannot use MLflow tracking URI {uri!r} ({one_line(err)[:200]}); start the server or pass "
+        remedy = "move it aside" if database is not None else "start the server"
+        raise ConfigError(f"cannot use MLflow tracking URI {uri!r} ({one_line(err)[:200]}); {remedy} or pass "
                           "tracking.uri=URI (e.g. sqlite:////abs/path/mlflow.db or http://host:5000)") from None
+
+
+def create_sqlite_store(database: Path) -> None:
+    """MLflow's schema, made in a file beside `database` and then moved into place: a process killed while the
+    migrations run (seconds, on a first run) leaves no half-made store that every later run would refuse.
+    Call with the store's `first_use` lock held."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    creating = database.with_name(f"{database.name}.creating")
+    creating.unlink(missing_ok=True)  # a killed creator's: with the lock held, no one else is making it
+    SqlAlchemyStore(f"sqlite:///{creating}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
+    crash_point("store-migrated")
+    os.replace(creating, database)
 
 
 def as_params(values: Mapping[str, Any]) -> list[Param]:

@@ -1,6 +1,7 @@
 """Stores that heal and that workers open together: a fresh results directory, a torn journal, a locked database."""
 
 import shutil
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from sweep.faults import VARIABLE
 from sweep_commands import Completed, finish, start_command, sweep_command
 
 ARGS = ["+strategy=requires_grad", "search.n_trials=2", "train.epochs=1", "experiment=together"]
@@ -79,3 +81,19 @@ def test_a_torn_last_journal_record_is_dropped_with_one_warning_and_both_command
                            f"report.out_dir={tmp_path / 'report'}")
     assert report.returncode == 0, report.stderr
     assert "cut off mid-record" not in report.stderr and (tmp_path / "report" / "report.html").is_file()  # healed once
+
+
+def test_a_store_whose_creation_was_killed_is_not_left_half_made_and_the_next_run_makes_it(tmp_path):
+    """MLflow's migrations take seconds on a first run: a kill in them must not leave a store every later run
+    refuses. The schema is made beside the store and moved into place; a kill before the move leaves no store."""
+    database = tmp_path / "results" / "mlflow.db"
+    uri = f"sqlite:///{database}"
+    killed = sweep_command("sweep.fresh_store", uri, env={VARIABLE: "store-migrated"})
+    assert killed.returncode == -signal.SIGKILL
+    assert not database.exists()
+    creating = database.with_name("mlflow.db.creating")
+    creating.write_bytes(b"SQLite format 3\0 and then nothing: a kill in the middle of the migrations")
+    again = sweep_command("sweep.fresh_store", uri)
+    assert again.returncode == 0, again.stderr
+    assert not creating.exists()
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
