@@ -34,18 +34,14 @@ NOT_TRIAL_CONFIG = ("search", "tracking", "results_dir", "experiment", "strategy
 
 
 def plan(cfg: dict, base_dir: Path, fixed: set[str]) -> StudyPlan:
-    """Validate everything and open every store, before a single study or run is created. The checks build the
-    models, so pretraining may write its cache first: a mistake found after that takes the cache back."""
+    """Validate everything and open every store, before a single study or run is created. A mistake found after
+    results_dir was made for the stores removes it again while it is empty (a SQLite MLflow store made meanwhile
+    is taken back by `sweep.fresh_store`); pretrained weights are cached only once every check has passed."""
     workspace = Workspace.from_config(cfg, base_dir)
-    new_results, new_cache = first_missing(workspace.results_dir), first_missing(workspace.cache_dir)
+    new_results = first_missing(workspace.results_dir)
     try:
         return checked_plan(cfg, base_dir, fixed, workspace)
     except ConfigError:
-        if new_cache is not None and workspace.cache_dir.is_dir():  # the pretrained weights in it, this job wrote
-            for path in workspace.cache_dir.iterdir():
-                if path.is_file():
-                    path.unlink()
-            remove_empty_dirs(workspace.cache_dir, new_cache)
         if new_results is not None:
             remove_empty_dirs(workspace.results_dir, new_results)
         raise
@@ -97,6 +93,7 @@ def checked_plan(cfg: dict, base_dir: Path, fixed: set[str], workspace: Workspac
     study_plan = StudyPlan(experiment, strategies, settings, storage, trial_config, cfg["seed"], model_def,
                            task, tracker, workspace, runtime, workers, executor, timing, units, grid, cache, left_out)
     study_plan.check_studies()
+    model_def.save_cache()  # the checks built the model: pretrained weights are written only now
     workers.register()
     return study_plan
 

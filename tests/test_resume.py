@@ -101,6 +101,7 @@ def start_worker(tmp_path, digits_model_def):
     """`start(outs, stall_at, settings)`: the trial in a real process, once per directory in `outs`, each with its
     own checkpoint; the process stalls after epoch `stall_at`. Whatever is still running at the end is killed."""
     digits_model_def.backbone_weights()  # pretrained once, into the cache the workers share
+    digits_model_def.save_cache()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),

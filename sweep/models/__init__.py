@@ -18,6 +18,10 @@ class ModelDef(ABC):
     def build(self, num_classes: int) -> BlockNet:
         """The network with its pretrained backbone and a fresh head for `num_classes`."""
 
+    def save_cache(self) -> None:
+        """Write what building the model derived (pretrained weights) to the cache. Called once every check of the
+        sweep has passed, so that a mistake found by checks that build the model writes nothing."""
+
     def describe(self) -> str:
         """Where the backbone's weights come from, in words, for the records (its sha256 is recorded per trial)."""
         return f"{type(self).__name__}, {'pretrained' if self.pretrained else 'not pretrained (random init)'}"

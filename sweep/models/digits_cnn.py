@@ -72,6 +72,8 @@ class DigitsCnn(ModelDef):
         self.pretraining = Pretraining(**(pretrain or {}))
         self.from_cache = weights is not None
         self.pretrained = self.from_cache and self.pretraining.epochs > 0
+        self._weights: dict[str, torch.Tensor] | None = None  # the backbone's, once loaded or pretrained
+        self._unsaved = False  # pretrained here and not yet written to the cache
 
     def describe(self) -> str:
         p = self.pretraining
@@ -99,15 +101,26 @@ class DigitsCnn(ModelDef):
         return self.cache_dir / f"digits_cnn-{digest}.pt"
 
     def backbone_weights(self) -> dict[str, torch.Tensor]:
+        """Read from the cache once, or pretrained now and held in memory until `save_cache` writes them."""
+        if self._weights is None:
+            path = self.cache_path()
+            if path.exists():
+                self._weights = torch.load(path, weights_only=True)
+            else:
+                with stage(f"pretraining digits_cnn on digits 0-4, once (cached as {path})"):
+                    self._weights = self._pretrain()
+                self._unsaved = True
+        return self._weights
+
+    def save_cache(self) -> None:
+        if not self._unsaved:
+            return
         path = self.cache_path()
-        if not path.exists():
-            with stage(f"pretraining digits_cnn on digits 0-4, once (cached as {path})"):
-                state = self._pretrain()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(state, partial)
-            os.replace(partial, path)  # atomic: concurrent workers never read half a file
-        return torch.load(path, weights_only=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(self._weights, partial)
+        os.replace(partial, path)  # atomic: concurrent workers never read half a file
+        self._unsaved = False
 
     def _pretrain(self) -> dict[str, torch.Tensor]:
         """Plain full training on the source half, with its own RNG so trials' seeds are unaffected, on a fixed

@@ -179,14 +179,15 @@ def test_a_mistake_on_a_new_results_dir_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_mistake_found_after_pretraining_takes_back_the_weights_it_cached(tmp_path):
-    """Checking a freezing selection builds the model, which pretrains it and caches the weights first."""
+def test_a_mistake_found_after_pretraining_writes_no_pretrained_weights(tmp_path):
+    """Checking a freezing selection builds the model, which pretrains it: the weights are cached only once every
+    check has passed."""
     results_dir = tmp_path / "new" / "results"
     done = sweep_command("sweep.run", "+strategy=requires_grad", "freeze.names=[nonexistent]",
                          "model.pretrain.epochs=1", f"results_dir={results_dir}", cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "unknown block 'nonexistent'" in lines[0], done.stderr
-    assert f"(cached as {results_dir / 'cache'}" in done.stdout  # it was written
+    assert f"pretraining digits_cnn on digits 0-4, once (cached as {results_dir / 'cache'}" in done.stdout
     assert list(tmp_path.iterdir()) == []
 
 
