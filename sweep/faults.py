@@ -2,8 +2,8 @@
 
 The points are the moments between two writes a kill could tear apart;
 tests/service/test_crash_windows.py kills a sweep at each (the store's creation:
-test_stores_service.py), runs it again and checks that nothing is left half-done. Unset (always, outside tests), a point
-costs one environment lookup.
+test_stores_service.py), runs it again and checks that nothing is left
+half-done. Unset (always, outside tests), a point costs one environment lookup.
 
 - `trial-created`: Optuna holds a new trial, nothing else of it exists yet
 - `run-created`: the trial's MLflow run exists, the trial does not name it yet
